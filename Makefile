@@ -1,0 +1,21 @@
+# The two commands of the README. Both install what they need into the active Python environment.
+PYTHON ?= python3
+export PYTHON
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: test lint bench setup
+
+setup:
+	bash scripts/setup.sh test
+
+## make test: install, lint, run the whole test suite (CPU, a few minutes on 2 cores)
+test: setup
+	$(PYTHON) -m ruff check src tests benchmarks
+	$(PYTHON) -m pytest -q tests
+
+lint: setup
+	$(PYTHON) -m ruff check src tests benchmarks
+
+## make bench: the CPU benchmarks (ratios against baselines measured in the same run)
+bench: setup
+	$(PYTHON) benchmarks/mol_ffn.py

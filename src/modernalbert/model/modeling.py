@@ -1,0 +1,1123 @@
+"""ModernALBERT: a recursive encoder whose shared GeGLU FFN is modulated per token by routed LoRA experts (MoL).
+
+One file: embeddings, RoPE, attention (dispatch table), FFN variants (GeGLU, MoL, RRT, MoA), the recursive
+encoder and every head.
+
+Shape legend (used in the ``# (...)`` comments):
+    B batch, L padded sequence length, N real (non-pad) tokens in the batch, d hidden, e embedding width,
+    h heads, dh head size, f FFN intermediate size, V vocabulary, C labels / choices,
+    E experts, k experts routed per token, r LoRA rank, G layers per group (recursion positions), P MoL calls
+    (effective layers whose group is MoL).
+
+Token-wise work (embeddings, norms, FFN/MoL, router, heads) runs on the N real tokens only, as a (N, d) matrix;
+attention receives what its implementation needs (a padded (B, L) view for SDPA/eager, cu_seqlens for
+FlashAttention varlen). Pads never reach the router or its statistics.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from transformers.modeling_utils import PreTrainedModel
+
+from .configuration import ATTENTION_IMPLEMENTATIONS, ModernAlbertConfig
+
+# ====================================================================================================== outputs
+
+
+@dataclass
+class RouterOutputMixin:
+    # Listed first among the bases of each output class, so these fields come *after* the standard ones
+    # (dataclass fields follow the reversed MRO) and ``outputs[0]`` keeps its Hugging Face meaning.
+    """Router fields carried by every ModernAlbert output (``None`` when the model has no router).
+
+    Attributes:
+        router_aux_loss: Switch load-balance loss ``E * sum_e f_e * P_e``, averaged over MoL/MoA calls
+            (unweighted; the heads add ``router_aux_loss_coef`` times it to the loss when labels are given).
+        router_z_loss: Router z-loss ``mean(logsumexp(logits)^2)``, averaged over calls (unweighted).
+        expert_usage: (P, E) fraction of the top-k assignments of real tokens that went to each expert, one row
+            per routed call (effective layer) in depth order.
+        router_probs: (P, E) mean router probability per expert over real tokens, one row per routed call.
+    """
+
+    router_aux_loss: torch.Tensor | None = None
+    router_z_loss: torch.Tensor | None = None
+    expert_usage: torch.Tensor | None = None
+    router_probs: torch.Tensor | None = None
+
+
+@dataclass
+class ModernAlbertModelOutput(RouterOutputMixin, BaseModelOutput):
+    """Encoder output: ``last_hidden_state`` (B, L, d) with zeros at pads; ``hidden_states`` has L + 1 entries
+    (embedding output, then every *effective* layer before the final norm); router fields as in
+    :class:`RouterOutputMixin`."""
+
+
+@dataclass
+class ModernAlbertMaskedLMOutput(RouterOutputMixin, MaskedLMOutput):
+    """MaskedLM output plus router fields."""
+
+
+@dataclass
+class ModernAlbertSequenceClassifierOutput(RouterOutputMixin, SequenceClassifierOutput):
+    """Sequence classification output plus router fields."""
+
+
+@dataclass
+class ModernAlbertTokenClassifierOutput(RouterOutputMixin, TokenClassifierOutput):
+    """Token classification output plus router fields."""
+
+
+@dataclass
+class ModernAlbertQuestionAnsweringOutput(RouterOutputMixin, QuestionAnsweringModelOutput):
+    """Extractive QA output plus router fields."""
+
+
+@dataclass
+class ModernAlbertMultipleChoiceOutput(RouterOutputMixin, MultipleChoiceModelOutput):
+    """Multiple choice output plus router fields."""
+
+
+def _router_fields(outputs: ModernAlbertModelOutput) -> dict[str, Any]:
+    return {
+        "router_aux_loss": outputs.router_aux_loss,
+        "router_z_loss": outputs.router_z_loss,
+        "expert_usage": outputs.expert_usage,
+        "router_probs": outputs.router_probs,
+    }
+
+
+# ================================================================================================ batch layout
+
+
+class Layout(NamedTuple):
+    """Where the N real tokens sit in the padded (B, L) batch; computed once per forward.
+
+    ``indices`` are flat positions in B * L, row-major, so each sequence's tokens are contiguous and in order
+    (what FlashAttention varlen needs). ``key_mask`` is None when nothing is padded (the fast path).
+    """
+
+    indices: torch.Tensor  # (N,) int64
+    batch_size: int
+    seq_len: int
+    cu_seqlens: torch.Tensor  # (B + 1,) int32
+    max_seqlen: int
+    key_mask: torch.Tensor | None  # (B, 1, 1, L) bool, True = attend; None = no padding
+
+    @property
+    def padded(self) -> bool:
+        return self.key_mask is not None
+
+
+def make_layout(attention_mask: torch.Tensor | None, batch_size: int, seq_len: int,
+                device: torch.device) -> Layout:
+    """Build the :class:`Layout` of a batch from its (B, L) attention mask (1 = real token)."""
+    if attention_mask is None or bool(attention_mask.all()):
+        lengths = torch.full((batch_size,), seq_len, dtype=torch.int32, device=device)
+        indices = torch.arange(batch_size * seq_len, device=device)
+        key_mask = None
+        max_seqlen = seq_len
+    else:
+        mask = attention_mask.bool()
+        lengths = mask.sum(-1, dtype=torch.int32)  # (B,)
+        indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()  # (N,)
+        max_seqlen = int(lengths.max())
+        # A row with no real token would make softmax see only -inf (NaN); let it attend everywhere instead.
+        # Its outputs are never gathered, so this only keeps the kernel finite.
+        safe = mask | ~mask.any(-1, keepdim=True)
+        key_mask = safe[:, None, None, :]  # (B, 1, 1, L)
+    cu_seqlens = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
+    return Layout(indices, batch_size, seq_len, cu_seqlens, max_seqlen, key_mask)
+
+
+def pad_tokens(x: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """Scatter (N, ...) real-token rows into a zero (B, L, ...) tensor."""
+    if not layout.padded:
+        return x.view(layout.batch_size, layout.seq_len, *x.shape[1:])
+    out = x.new_zeros(layout.batch_size * layout.seq_len, *x.shape[1:])
+    out = out.index_copy(0, layout.indices, x)
+    return out.view(layout.batch_size, layout.seq_len, *x.shape[1:])  # (B, L, ...)
+
+
+def unpad_tokens(x: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """Gather the (N, ...) real-token rows of a (B, L, ...) tensor."""
+    flat = x.reshape(layout.batch_size * layout.seq_len, *x.shape[2:])  # (B*L, ...)
+    return flat if not layout.padded else flat.index_select(0, layout.indices)
+
+
+# ========================================================================================================= RoPE
+
+
+class RotaryEmbedding(nn.Module):
+    """GPT-NeoX (rotate-half) rotary embedding; cos/sin of the N real tokens are built once per forward."""
+
+    def __init__(self, config: ModernAlbertConfig):
+        super().__init__()
+        self.config = config
+        self.register_buffer("inv_freq", self.compute_inv_freq(config), persistent=False)
+
+    @staticmethod
+    def compute_inv_freq(config: ModernAlbertConfig) -> torch.Tensor:
+        dim = config.head_dim
+        return 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))  # (dh/2,)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions[:, None].float() * self.inv_freq.float()[None, :]  # (N, dh/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (N, dh)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (N, ..., h, dh) by per-token (N, dh) cos/sin, in fp32 (ModernBERT does the same)."""
+    shape = (cos.shape[0],) + (1,) * (x.dim() - 2) + (cos.shape[-1],)
+    cos, sin = cos.float().view(shape), sin.float().view(shape)
+    xf = x.float()
+    return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
+
+
+# ==================================================================================================== attention
+# Every implementation maps rotated (N, 3, h, dh) q/k/v of the real tokens to (N, h, dh) and optional
+# attention probabilities (B, h, L, L).
+
+
+def _sdpa_attention(qkv: torch.Tensor, layout: Layout, dropout: float, output_attentions: bool):
+    padded = pad_tokens(qkv, layout)  # (B, L, 3, h, dh)
+    q, k, v = padded.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, L, dh)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.key_mask, dropout_p=dropout)  # (B, h, L, dh)
+    return unpad_tokens(out.transpose(1, 2), layout), None  # (N, h, dh)
+
+
+def _eager_attention(qkv: torch.Tensor, layout: Layout, dropout: float, output_attentions: bool):
+    padded = pad_tokens(qkv, layout)  # (B, L, 3, h, dh)
+    q, k, v = padded.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, L, dh)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, h, L, L)
+    if layout.key_mask is not None:
+        scores = scores.masked_fill(~layout.key_mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # (B, h, L, L)
+    out = torch.matmul(F.dropout(probs, p=dropout, training=dropout > 0), v)  # (B, h, L, dh)
+    return unpad_tokens(out.transpose(1, 2), layout), (probs if output_attentions else None)
+
+
+def _flash_varlen_attention(qkv: torch.Tensor, layout: Layout, dropout: float, output_attentions: bool):
+    try:
+        from flash_attn import flash_attn_varlen_qkvpacked_func
+    except ImportError as err:  # pragma: no cover - depends on the machine
+        raise ImportError(
+            "attn_implementation='flash_attention_2' needs the `flash-attn` package (pip install flash-attn) and "
+            "a CUDA GPU; use attn_implementation='sdpa' otherwise."
+        ) from err
+    if not qkv.is_cuda or qkv.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(
+            "attn_implementation='flash_attention_2' runs on CUDA tensors in fp16/bf16 only (got "
+            f"{qkv.device.type} {qkv.dtype}); use attn_implementation='sdpa' on CPU or in fp32."
+        )
+    out = flash_attn_varlen_qkvpacked_func(  # pragma: no cover - GPU only
+        qkv, layout.cu_seqlens, layout.max_seqlen, dropout_p=dropout, causal=False
+    )
+    return out, None  # pragma: no cover - GPU only
+
+
+ATTENTION_FUNCTIONS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor | None]]] = {
+    "sdpa": _sdpa_attention,
+    "eager": _eager_attention,
+    "flash_attention_2": _flash_varlen_attention,
+}
+assert set(ATTENTION_FUNCTIONS) == set(ATTENTION_IMPLEMENTATIONS)
+
+
+class ModernAlbertAttention(nn.Module):
+    """Bias-free fused-QKV self-attention with RoPE on unpadded tokens."""
+
+    def __init__(self, config: ModernAlbertConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=False)
+        self.Wo = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.out_drop = nn.Dropout(config.attention_dropout)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], layout: Layout,
+                output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        qkv = self.Wqkv(x).view(-1, 3, self.num_heads, self.head_dim)  # (N, 3, h, dh)
+        cos, sin = rope
+        qk = apply_rotary(qkv[:, :2], cos, sin)  # (N, 2, h, dh)
+        qkv = torch.cat((qk, qkv[:, 2:]), dim=1)  # (N, 3, h, dh)
+        impl = self.config._attn_implementation or "sdpa"
+        if output_attentions and impl != "eager":
+            raise ValueError(
+                f"output_attentions=True needs attn_implementation='eager' (this model uses {impl!r}): load it "
+                "with attn_implementation='eager' or call model.set_attn_implementation('eager')."
+            )
+        dropout = self.config.attention_dropout if self.training else 0.0
+        out, probs = ATTENTION_FUNCTIONS[impl](qkv, layout, dropout, output_attentions)  # (N, h, dh)
+        return self.out_drop(self.Wo(out.reshape(-1, self.num_heads * self.head_dim))), probs
+
+
+# ================================================================================================ FFN variants
+
+
+class RouterStats(NamedTuple):
+    """What one routed FFN call reports (all over the real tokens of the call)."""
+
+    aux_loss: torch.Tensor  # () Switch balance loss E * sum_e f_e P_e
+    z_loss: torch.Tensor  # () mean(logsumexp(logits)^2)
+    usage: torch.Tensor  # (E,) fraction of top-k assignments per expert
+    probs: torch.Tensor  # (E,) mean router probability per expert
+
+
+class GeGLU(nn.Module):
+    """The plain GeGLU FFN: ``Wo(act(input) * gate)`` with ``(input, gate) = Wi(x)``. Every variant extends it,
+    so the shared weights keep the same names (``mlp.Wi``, ``mlp.Wo``) whatever the variant."""
+
+    routed = False
+
+    def __init__(self, config: ModernAlbertConfig):
+        super().__init__()
+        self.config = config
+        self.Wi = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.act = ACT2FN[config.hidden_activation]
+        self.drop = nn.Dropout(config.mlp_dropout)
+        self.Wo = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def glu(self, u: torch.Tensor) -> torch.Tensor:
+        """(..., 2f) pre-activation to (..., f) GeGLU activation (dropout included)."""
+        inp, gate = u.chunk(2, dim=-1)
+        return self.drop(self.act(inp) * gate)
+
+    def forward(self, x: torch.Tensor, position: int = 0) -> tuple[torch.Tensor, RouterStats | None]:
+        return self.Wo(self.glu(self.Wi(x))), None
+
+
+class Router(nn.Module):
+    """Top-k softmax router. Returns a dense (N, E) gate (renormalised top-k probabilities, zero elsewhere),
+    which lets the experts run as static-shape dense GEMMs (no gather, no host sync; compile/ONNX friendly)."""
+
+    def __init__(self, config: ModernAlbertConfig):
+        super().__init__()
+        self.num_experts = config.num_experts
+        self.top_k = config.num_experts_per_tok
+        self.jitter = config.router_jitter
+        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, RouterStats]:
+        if self.training and self.jitter > 0:
+            # Switch-style multiplicative jitter on the router input only, never on the FFN input.
+            x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
+        logits = F.linear(x, self.weight).float()  # (N, E)
+        probs = logits.softmax(-1)  # (N, E)
+        top_p, top_i = probs.topk(self.top_k, dim=-1)  # (N, k)
+        top_p = top_p / top_p.sum(-1, keepdim=True)
+        onehot = F.one_hot(top_i, self.num_experts).to(probs.dtype)  # (N, k, E)
+        gate = (onehot * top_p[..., None]).sum(1)  # (N, E)
+        # Statistics over real tokens only (x holds no pads); the clamp keeps a batch without tokens finite.
+        counts = onehot.sum((0, 1))  # (E,) top-k assignments per expert
+        assignments = counts.sum().clamp(min=1.0)  # () N * k
+        n_tokens = assignments / self.top_k  # () N
+        usage = counts / assignments  # (E,)
+        mean_p = probs.sum(0) / n_tokens  # (E,)
+        aux = self.num_experts * (usage * mean_p).sum()
+        z = torch.logsumexp(logits, -1).square().sum() / n_tokens
+        return gate.to(x.dtype), onehot, RouterStats(aux, z, usage, mean_p)
+
+
+class MoLGeGLU(GeGLU):
+    """GeGLU whose two matrices are modulated per token by E routed LoRA experts (Mixture of LoRAs).
+
+    Expert e owns ``A1_e: r x d, B1_e: 2f x r`` (on ``Wi``) and ``A2_e: r x f, B2_e: d x r`` (on ``Wo``), scale
+    ``s = alpha / r``. B = 0 at init, so MoL is a no-op at step 0 (essential when the backbone comes from a
+    teacher). Two mixing rules (``config.mol_mixing``):
+
+    * ``output``: ``sum_e p_e (W2 + s B2_e A2_e) phi((W1 + s B1_e A1_e) x)``, run in the cheap form: ``u = W1 x``
+      once, one GeGLU per routed slot, ``W2`` applied once to the mixed activation.
+    * ``weight``: ``u = W1 x + s sum_e p_e B1_e A1_e x; a = phi(u); y = W2 a + s sum_e p_e B2_e A2_e a``, through
+      the dense executor: all experts' A in one GEMM (N, E*r), gated, then one GEMM with the stacked B.
+    """
+
+    routed = True
+
+    def __init__(self, config: ModernAlbertConfig):
+        super().__init__(config)
+        E, r, d, f = config.num_experts, config.lora_rank, config.hidden_size, config.intermediate_size
+        self.num_experts, self.rank, self.top_k = E, r, config.num_experts_per_tok
+        self.scale = config.lora_scale
+        self.mixing = config.mol_mixing
+        self.router = Router(config)
+        self.lora_A1 = nn.Parameter(torch.empty(E, r, d))
+        self.lora_B1 = nn.Parameter(torch.empty(E, 2 * f, r))
+        self.lora_A2 = nn.Parameter(torch.empty(E, r, f))
+        self.lora_B2 = nn.Parameter(torch.empty(E, d, r))
+
+    def stacked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Experts stacked for the dense executor: A as (E*r, in) and B as (E*r, out)."""
+        E, r = self.num_experts, self.rank
+        A1 = self.lora_A1.reshape(E * r, -1)  # (E*r, d)
+        B1 = self.lora_B1.transpose(1, 2).reshape(E * r, -1)  # (E*r, 2f)
+        A2 = self.lora_A2.reshape(E * r, -1)  # (E*r, f)
+        B2 = self.lora_B2.transpose(1, 2).reshape(E * r, -1)  # (E*r, d)
+        return A1, B1, A2, B2
+
+    def forward(self, x: torch.Tensor, position: int = 0) -> tuple[torch.Tensor, RouterStats]:
+        gate, onehot, stats = self.router(x)  # (N, E), (N, k, E)
+        A1, B1, A2, B2 = self.stacked()
+        r, s = self.rank, self.scale
+
+        def rank_gate(g: torch.Tensor) -> torch.Tensor:  # (N, E) -> (N, E*r): each expert's gate on its r rows
+            return g.repeat_interleave(r, dim=-1)
+
+        # Separate GEMMs, and the low-rank terms accumulated in place into the shared GEMM's output (addmm_ with
+        # beta = 1): measured faster on CPU than one GEMM over concatenated [W; A] weights plus copies.
+        # In place is autograd-safe here: mm/addmm save their matrix operands, never the tensor added to.
+        u = self.Wi(x)  # (N, 2f)
+        a1 = F.linear(x, A1)  # (N, E*r), every expert's A1 x in one GEMM
+        if self.mixing == "weight":
+            u = u.addmm_(a1 * rank_gate(gate), B1, alpha=s)  # (N, 2f)
+            act = self.glu(u)  # (N, f)
+            a2 = F.linear(act, A2)  # (N, E*r)
+            y = self.Wo(act).addmm_(a2 * rank_gate(gate), B2, alpha=s)  # (N, d)
+            return y, stats
+
+        # Output mixing: one GeGLU per routed slot j (expert e_j, weight p_j); W2 is linear, so it is applied
+        # once to the mixed activation: W2 (sum_j p_j a_j) + s sum_j p_j B2_j A2_j a_j.
+        mixed_act = a2_mix = None
+        for j in range(self.top_k):
+            slot = onehot[:, j].to(x.dtype)  # (N, E) one-hot of slot j's expert
+            p_j = (gate * slot).sum(-1, keepdim=True)  # (N, 1)
+            code = a1 * rank_gate(slot)  # (N, E*r), only e_j's rows
+            last = j == self.top_k - 1
+            u_j = u.addmm_(code, B1, alpha=s) if last else torch.addmm(u, code, B1, alpha=s)  # (N, 2f)
+            act_j = self.glu(u_j)  # (N, f)
+            a2_j = F.linear(act_j, A2) * rank_gate(slot * p_j)  # (N, E*r), weighted by p_j
+            if mixed_act is None:
+                mixed_act, a2_mix = act_j * p_j, a2_j
+            else:
+                mixed_act, a2_mix = mixed_act.addcmul_(act_j, p_j), a2_mix.add_(a2_j)
+        y = self.Wo(mixed_act).addmm_(a2_mix, B2, alpha=s)  # (N, d)
+        return y, stats
+
+
+class RRTGeGLU(GeGLU):
+    """Relaxed Recursive Transformer baseline: one fixed (non-routed) LoRA pair on ``Wi`` and ``Wo`` per recursion
+    position of the group (G positions). B = 0 at init."""
+
+    def __init__(self, config: ModernAlbertConfig):
+        super().__init__(config)
+        G, r, d, f = config.group_depth, config.lora_rank, config.hidden_size, config.intermediate_size
+        self.scale = config.lora_scale
+        self.lora_A1 = nn.Parameter(torch.empty(G, r, d))
+        self.lora_B1 = nn.Parameter(torch.empty(G, 2 * f, r))
+        self.lora_A2 = nn.Parameter(torch.empty(G, r, f))
+        self.lora_B2 = nn.Parameter(torch.empty(G, d, r))
+
+    def forward(self, x: torch.Tensor, position: int = 0) -> tuple[torch.Tensor, None]:
+        p = position
+        u = self.Wi(x) + self.scale * F.linear(F.linear(x, self.lora_A1[p]), self.lora_B1[p])  # (N, 2f)
+        act = self.glu(u)  # (N, f)
+        y = self.Wo(act) + self.scale * F.linear(F.linear(act, self.lora_A2[p]), self.lora_B2[p])  # (N, d)
+        return y, None
+
+
+class MoAGeGLU(GeGLU):
+    """Mixture-of-Adapters baseline: E routed bottleneck adapters (width r, our choice) applied *after* the FFN:
+    ``y = FFN(x); y + sum_e p_e Up_e(act(Down_e(y)))``, routed on the FFN input x. Up = 0 at init."""
+
+    routed = True
+
+    def __init__(self, config: ModernAlbertConfig):
+        super().__init__(config)
+        E, r, d = config.num_experts, config.lora_rank, config.hidden_size
+        self.num_experts, self.rank = E, r
+        self.router = Router(config)
+        self.adapter_down = nn.Parameter(torch.empty(E, r, d))
+        self.adapter_up = nn.Parameter(torch.empty(E, d, r))
+
+    def forward(self, x: torch.Tensor, position: int = 0) -> tuple[torch.Tensor, RouterStats]:
+        gate, _, stats = self.router(x)  # (N, E)
+        E, r = self.num_experts, self.rank
+        y = self.Wo(self.glu(self.Wi(x)))  # (N, d)
+        hidden = self.act(F.linear(y, self.adapter_down.reshape(E * r, -1)))  # (N, E*r)
+        hidden = hidden * gate.repeat_interleave(r, dim=-1)  # (N, E*r)
+        up = self.adapter_up.transpose(1, 2).reshape(E * r, -1)  # (E*r, d)
+        return y + hidden @ up, stats
+
+
+FFN_CLASSES: dict[str, type[GeGLU]] = {"glu": GeGLU, "mol": MoLGeGLU, "rrt": RRTGeGLU, "moa": MoAGeGLU}
+
+
+# ================================================================================================ block, model
+
+
+class ModernAlbertEmbeddings(nn.Module):
+    """Factorised token embedding (V x e), bias-free projection e -> d, LayerNorm, dropout. No absolute
+    positions (RoPE only). Without factorisation (``embedding_size=None``) the table is V x d and there is no
+    projection."""
+
+    def __init__(self, config: ModernAlbertConfig):
+        super().__init__()
+        self.config = config
+        width = config.embedding_size or config.hidden_size
+        self.tok_embeddings = nn.Embedding(config.vocab_size, width, padding_idx=config.pad_token_id)
+        self.proj = (nn.Linear(width, config.hidden_size, bias=False)
+                     if config.embedding_size is not None else None)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=False)
+        self.drop = nn.Dropout(config.embedding_dropout)
+
+    def forward(self, input_ids: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.tok_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (N, e)
+        if self.proj is not None:
+            x = self.proj(x)  # (N, d)
+        return self.drop(self.norm(x))
+
+
+class ModernAlbertLayer(GradientCheckpointingLayer):
+    """One shared block (pre-LN, bias-free): ``x + Attn(LN(x))`` then ``x + FFN(LN(x))``.
+
+    The block of group 0 skips its attention norm at effective layer 0 (the embedding output is already normed);
+    when that block is used only there (G = 1) it has no attention norm at all, as in ModernBERT.
+    """
+
+    def __init__(self, config: ModernAlbertConfig, group: int):
+        super().__init__()
+        self.group = group
+        self.attn_norm = (nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=False)
+                          if group > 0 or config.group_depth > 1 else nn.Identity())
+        self.attn = ModernAlbertAttention(config)
+        self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=False)
+        self.mlp = FFN_CLASSES[config.ffn_variants[group]](config)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], layout: Layout,
+                position: int = 0, first_layer: bool = False, output_attentions: bool = False):
+        attn_in = x if first_layer else self.attn_norm(x)
+        attn_out, probs = self.attn(attn_in, rope, layout, output_attentions)
+        x = x + attn_out
+        ffn_out, stats = self.mlp(self.mlp_norm(x), position)
+        return x + ffn_out, probs, stats
+
+
+class ModernAlbertPreTrainedModel(PreTrainedModel):
+    """Weight init, checkpointing and attention-implementation support shared by every ModernAlbert class."""
+
+    config_class = ModernAlbertConfig
+    config: ModernAlbertConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules: ClassVar[list[str]] = ["ModernAlbertEmbeddings", "ModernAlbertLayer"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = False
+    _supports_attention_backend = False
+
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        # transformers skips modules without direct parameters for code outside its tree (remote-code safety).
+        # Our _init_weights initialises leaves from their containers (Wqkv vs Wo need different stds) with the
+        # flag-guarded transformers.initialization functions, so containers must be visited: no shortcut.
+        super()._initialize_weights(module, is_custom_code=False)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        cfg = self.config
+        cutoff = cfg.initializer_cutoff_factor
+
+        def trunc(weight: torch.Tensor, std: float) -> None:
+            init.trunc_normal_(weight, mean=0.0, std=std, a=-cutoff * std, b=cutoff * std)
+
+        # Depth-aware: residual-branch outputs shrink with the *effective* depth L (each shared block is applied
+        # L / K times, and it is the number of residual additions that grows the activations).
+        std_in = cfg.initializer_range
+        std_out = cfg.initializer_range / math.sqrt(2.0 * cfg.num_hidden_layers)
+        if isinstance(module, ModernAlbertEmbeddings):
+            trunc(module.tok_embeddings.weight, std_in)
+            if module.proj is not None:
+                trunc(module.proj.weight, std_in)
+        elif isinstance(module, ModernAlbertAttention):
+            trunc(module.Wqkv.weight, std_in)
+            trunc(module.Wo.weight, std_out)
+        elif isinstance(module, GeGLU):
+            trunc(module.Wi.weight, std_in)
+            trunc(module.Wo.weight, std_out)
+            if isinstance(module, (MoLGeGLU, RRTGeGLU)):
+                # PEFT's LoRA init: A ~ kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)); B = 0 (no-op at init).
+                init.uniform_(module.lora_A1, -cfg.hidden_size ** -0.5, cfg.hidden_size ** -0.5)
+                init.uniform_(module.lora_A2, -cfg.intermediate_size ** -0.5, cfg.intermediate_size ** -0.5)
+                init.zeros_(module.lora_B1)
+                init.zeros_(module.lora_B2)
+            elif isinstance(module, MoAGeGLU):
+                init.uniform_(module.adapter_down, -cfg.hidden_size ** -0.5, cfg.hidden_size ** -0.5)
+                init.zeros_(module.adapter_up)
+        elif isinstance(module, Router):
+            trunc(module.weight, std_in)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, PredictionHead):
+            trunc(module.dense.weight, std_out)
+        elif isinstance(module, RotaryEmbedding):
+            init.copy_(module.inv_freq, RotaryEmbedding.compute_inv_freq(module.config))
+        elif isinstance(module, ModernAlbertForMaskedLM):
+            if module.decoder.bias is not None:
+                init.zeros_(module.decoder.bias)
+        elif isinstance(module, _CLASSIFIER_CLASSES):
+            trunc(module.classifier.weight, cfg.hidden_size ** -0.5)
+            if module.classifier.bias is not None:
+                init.zeros_(module.classifier.bias)
+
+
+class ModernAlbertModel(ModernAlbertPreTrainedModel):
+    """The recursive encoder: embeddings, K shared blocks applied over L effective layers, final norm.
+
+    Example:
+        >>> import torch
+        >>> from modernalbert import ModernAlbertConfig, ModernAlbertModel
+        >>> model = ModernAlbertModel(ModernAlbertConfig.from_preset("test")).eval()
+        >>> ids = torch.tensor([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0]])
+        >>> out = model(ids, attention_mask=(ids != 0).long())
+        >>> tuple(out.last_hidden_state.shape), tuple(out.expert_usage.shape)
+        ((2, 5, 64), (2, 4))
+    """
+
+    def __init__(self, config: ModernAlbertConfig):
+        config.validate()
+        if config._attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise ImportError(
+                "attn_implementation='flash_attention_2' needs the `flash-attn` package (pip install "
+                "'modernalbert[flash]') and a CUDA GPU; use attn_implementation='sdpa' (the default) otherwise."
+            )
+        super().__init__(config)
+        self.embeddings = ModernAlbertEmbeddings(config)
+        self.groups = nn.ModuleList(ModernAlbertLayer(config, g) for g in range(config.num_hidden_groups))
+        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=False)
+        self.rotary_emb = RotaryEmbedding(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.tok_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.tok_embeddings = value
+
+    def layer_plan(self) -> list[tuple[int, int]]:
+        """``(group, position within group)`` for every effective layer, in depth order."""
+        G = self.config.group_depth
+        return [(i // G, i % G) for i in range(self.config.num_hidden_layers)]
+
+    def _check_inputs(self, input_ids, attention_mask, position_ids, inputs_embeds) -> tuple[int, int]:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        ref = input_ids if input_ids is not None else inputs_embeds
+        if ref.dim() != (2 if input_ids is not None else 3):
+            raise ValueError(
+                f"Expected input_ids of shape (batch, seq_len) or inputs_embeds of shape (batch, seq_len, width); "
+                f"got {tuple(ref.shape)}."
+            )
+        B, L = ref.shape[:2]
+        if B == 0 or L == 0:
+            raise ValueError(f"Empty batch: got inputs of shape {tuple(ref.shape)}; pass at least one token.")
+        if self.config.max_position_embeddings < L and position_ids is None:
+            raise ValueError(
+                f"Sequence length {L} exceeds max_position_embeddings={self.config.max_position_embeddings}: "
+                "truncate the input (tokenizer(..., truncation=True, max_length=...))."
+            )
+        if input_ids is not None:
+            if input_ids.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+                raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}.")
+            lo, hi = int(input_ids.min()), int(input_ids.max())
+            if lo < 0 or hi >= self.config.vocab_size:
+                raise ValueError(
+                    f"Token ids must lie in [0, vocab_size={self.config.vocab_size}); got values in [{lo}, {hi}]. "
+                    "Is the tokenizer the one this model was trained with?"
+                )
+        else:
+            width = self.config.embedding_size or self.config.hidden_size
+            if inputs_embeds.shape[-1] != width:
+                raise ValueError(f"inputs_embeds must have width {width} (the token embedding width), "
+                                 f"got {inputs_embeds.shape[-1]}.")
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, L):
+            raise ValueError(f"attention_mask must have shape {(B, L)}, got {tuple(attention_mask.shape)}.")
+        if position_ids is not None:
+            if position_ids.shape[-1] != L or position_ids.dim() not in (1, 2):
+                raise ValueError(
+                    f"position_ids must have shape (batch, {L}) or ({L},), got {tuple(position_ids.shape)}."
+                )
+            if int(position_ids.max()) >= self.config.max_position_embeddings or int(position_ids.min()) < 0:
+                raise ValueError(
+                    f"position_ids must lie in [0, max_position_embeddings={self.config.max_position_embeddings})."
+                )
+        return B, L
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> ModernAlbertModelOutput | tuple:
+        """Encode a batch.
+
+        Args:
+            input_ids: (B, L) token ids.
+            attention_mask: (B, L), 1 for real tokens and 0 for padding (any padding side).
+            position_ids: (B, L) or (L,) RoPE positions; default ``0 .. L-1`` per row (ModernBERT's convention).
+            inputs_embeds: (B, L, e) token embeddings (before the factorised projection), instead of input_ids.
+            output_attentions: Return attention probabilities (needs ``attn_implementation="eager"``).
+            output_hidden_states: Return L + 1 hidden states (embeddings, then every effective layer).
+            return_dict: Return a :class:`ModernAlbertModelOutput` (default) or a tuple.
+            **kwargs: Accepted and ignored (Hugging Face pipelines pass extra keys).
+
+        Returns:
+            :class:`ModernAlbertModelOutput`; ``last_hidden_state`` is zero at padded positions.
+        """
+        cfg = self.config
+        output_attentions = bool(output_attentions) or cfg.output_attentions
+        output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = cfg.return_dict if return_dict is None else return_dict
+        B, L = self._check_inputs(input_ids, attention_mask, position_ids, inputs_embeds)
+        ref = input_ids if input_ids is not None else inputs_embeds
+        layout = make_layout(attention_mask, B, L, ref.device)
+
+        if position_ids is None:
+            positions = torch.arange(L, device=ref.device).repeat(B)  # (B*L,)
+        else:
+            positions = position_ids.expand(B, L).reshape(-1)  # (B*L,)
+        tokens = (input_ids.reshape(-1) if input_ids is not None
+                  else inputs_embeds.reshape(B * L, -1))  # (B*L,) or (B*L, e)
+        if layout.padded:
+            positions = positions.index_select(0, layout.indices)  # (N,)
+            tokens = tokens.index_select(0, layout.indices)  # (N,) or (N, e)
+
+        x = (self.embeddings(input_ids=tokens) if input_ids is not None
+             else self.embeddings(inputs_embeds=tokens))  # (N, d)
+        rope = self.rotary_emb(positions, x.dtype)  # 2 x (N, dh), once for all layers
+
+        all_hidden = [x] if output_hidden_states else None
+        all_attn = [] if output_attentions else None
+        stats: list[RouterStats] = []
+        for layer, (group, position) in enumerate(self.layer_plan()):
+            x, probs, st = self.groups[group](
+                x, rope, layout, position=position, first_layer=layer == 0, output_attentions=output_attentions
+            )
+            if st is not None:
+                stats.append(st)
+            if all_hidden is not None:
+                all_hidden.append(x)
+            if all_attn is not None:
+                all_attn.append(probs)
+        x = self.final_norm(x)  # (N, d)
+
+        router = {}
+        if stats:
+            router = {
+                "router_aux_loss": torch.stack([s.aux_loss for s in stats]).mean(),
+                "router_z_loss": torch.stack([s.z_loss for s in stats]).mean(),
+                "expert_usage": torch.stack([s.usage for s in stats]),  # (P, E)
+                "router_probs": torch.stack([s.probs for s in stats]),  # (P, E)
+            }
+        out = ModernAlbertModelOutput(
+            last_hidden_state=pad_tokens(x, layout),  # (B, L, d)
+            hidden_states=tuple(pad_tokens(h, layout) for h in all_hidden) if all_hidden is not None else None,
+            attentions=tuple(all_attn) if all_attn is not None else None,
+            **router,
+        )
+        return out if return_dict else out.to_tuple()
+
+
+# ======================================================================================================== heads
+
+
+class PredictionHead(nn.Module):
+    """ModernBERT's prediction head: dense d -> d (bias-free), activation, bias-free LayerNorm."""
+
+    def __init__(self, config: ModernAlbertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.act = ACT2FN[config.classifier_activation]
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.act(self.dense(x)))
+
+
+class TransposedProjection(nn.Module):
+    """d -> e through the transpose of the embedding projection (its weight is tied to ``embeddings.proj``), so
+    the MLM decoder is tied to the token embedding *through* the factorisation at no parameter cost (our
+    choice)."""
+
+    def __init__(self, config: ModernAlbertConfig):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(config.hidden_size, config.embedding_size))  # (d, e), tied
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight  # (N, e)
+
+
+def _with_router_losses(loss: torch.Tensor | None, outputs: ModernAlbertModelOutput,
+                        config: ModernAlbertConfig) -> torch.Tensor | None:
+    if loss is None or outputs.router_aux_loss is None:
+        return loss
+    aux = config.router_aux_loss_coef * outputs.router_aux_loss
+    return loss + aux + config.router_z_loss_coef * outputs.router_z_loss
+
+
+def _real_token_mask(attention_mask: torch.Tensor | None, shape: tuple[int, int], device) -> torch.Tensor:
+    if attention_mask is None:
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    return attention_mask.bool()
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, mode: str) -> torch.Tensor:
+    """Pool (B, L, d) hidden states to (B, d) over real tokens: ``cls`` takes the first real token of each row
+    (any padding side), ``mean`` averages the real tokens. An all-pad row pools to zeros (finite)."""
+    mask = _real_token_mask(attention_mask, hidden.shape[:2], hidden.device)  # (B, L)
+    if mode == "cls":
+        first = mask.int().argmax(-1)  # (B,) first real token (0 for an all-pad row, which is zero)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), first]  # (B, d)
+    if mode == "mean":
+        m = mask.to(hidden.dtype)[..., None]  # (B, L, 1)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, d)
+    raise ValueError(f"Unknown pooling {mode!r}: use 'cls' or 'mean'.")
+
+
+class ModernAlbertForMaskedLM(ModernAlbertPreTrainedModel):
+    """Encoder + MLM head: PredictionHead -> (transposed embedding projection when factorised) -> decoder whose
+    weight is the token embedding (tied) plus a bias."""
+
+    _tied_weights_keys: ClassVar[dict[str, str]] = {"decoder.weight": "model.embeddings.tok_embeddings.weight"}
+
+    def __init__(self, config: ModernAlbertConfig):
+        if config.embedding_size is not None:
+            # Instance-level: the extra tie exists only for factorised embeddings.
+            self._tied_weights_keys = {
+                **type(self)._tied_weights_keys,
+                "unembed.weight": "model.embeddings.proj.weight",
+            }
+        super().__init__(config)
+        self.model = ModernAlbertModel(config)
+        self.head = PredictionHead(config)
+        self.unembed = TransposedProjection(config) if config.embedding_size is not None else None
+        self.decoder = nn.Linear(config.embedding_size or config.hidden_size, config.vocab_size, bias=True)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.decoder = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> ModernAlbertMaskedLMOutput | tuple:
+        """MLM forward. ``labels`` (B, L) use -100 for positions without a target. Logits are (B, L, V), zero at
+        pads; with ``config.sparse_prediction`` and labels, logits are (M, V) for the M labelled positions only.
+        The loss adds the weighted router losses."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.model(input_ids, attention_mask, position_ids, inputs_embeds, output_attentions,
+                             output_hidden_states, return_dict=True)
+        hidden = outputs.last_hidden_state  # (B, L, d)
+        mask = _real_token_mask(attention_mask, hidden.shape[:2], hidden.device)  # (B, L)
+        sparse = self.config.sparse_prediction and labels is not None
+        if labels is not None and labels.shape != hidden.shape[:2]:
+            raise ValueError(f"labels must have shape {tuple(hidden.shape[:2])}, got {tuple(labels.shape)}.")
+        select = (labels != -100) & mask if sparse else mask  # (B, L)
+        h = self.head(hidden[select])  # (N or M, d)
+        if self.unembed is not None:
+            h = self.unembed(h)  # (N or M, e)
+        token_logits = self.decoder(h)  # (N or M, V)
+        loss = None
+        if sparse:
+            logits = token_logits  # (M, V)
+            if token_logits.shape[0] > 0:
+                loss = F.cross_entropy(token_logits.float(), labels[select])
+            else:
+                loss = token_logits.sum() * 0.0  # no target in the batch: zero loss, graph kept
+        else:
+            logits = token_logits.new_zeros(*hidden.shape[:2], token_logits.shape[-1])
+            logits[select] = token_logits  # (B, L, V)
+            if labels is not None:
+                targets = labels.masked_fill(~mask, -100)
+                loss = (F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), targets.view(-1))
+                        if bool((targets != -100).any()) else logits.sum() * 0.0)
+        loss = _with_router_losses(loss, outputs, self.config)
+        out = ModernAlbertMaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                         attentions=outputs.attentions, **_router_fields(outputs))
+        return out if return_dict else out.to_tuple()
+
+
+class _ClassifierBase(ModernAlbertPreTrainedModel):
+    """Encoder + PredictionHead + dropout + linear classifier with ``out_features`` outputs."""
+
+    def __init__(self, config: ModernAlbertConfig, out_features: int):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = ModernAlbertModel(config)
+        self.head = PredictionHead(config)
+        self.drop = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, out_features)
+        self.post_init()
+
+    def _classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.drop(self.head(x)))
+
+
+class ModernAlbertForSequenceClassification(_ClassifierBase):
+    """Pooled (``config.classifier_pooling``) sequence classification or regression (``num_labels == 1``)."""
+
+    def __init__(self, config: ModernAlbertConfig):
+        super().__init__(config, config.num_labels)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> ModernAlbertSequenceClassifierOutput | tuple:
+        """Classify sequences; ``labels`` (B,) class ids, (B,) floats for regression or (B, C) multi-label."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.model(input_ids, attention_mask, position_ids, inputs_embeds, output_attentions,
+                             output_hidden_states, return_dict=True)
+        pooled = pool(outputs.last_hidden_state, attention_mask, self.config.classifier_pooling)  # (B, d)
+        logits = self._classify(pooled)  # (B, C)
+        loss = None
+        if labels is not None:
+            if self.config.problem_type is None:
+                if self.num_labels == 1:
+                    self.config.problem_type = "regression"
+                elif labels.dtype in (torch.long, torch.int):
+                    self.config.problem_type = "single_label_classification"
+                else:
+                    self.config.problem_type = "multi_label_classification"
+            if self.config.problem_type == "regression":
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
+            elif self.config.problem_type == "single_label_classification":
+                loss = F.cross_entropy(logits.float().view(-1, self.num_labels), labels.view(-1))
+            else:
+                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        loss = _with_router_losses(loss, outputs, self.config)
+        out = ModernAlbertSequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                                   attentions=outputs.attentions, **_router_fields(outputs))
+        return out if return_dict else out.to_tuple()
+
+
+class ModernAlbertForTokenClassification(_ClassifierBase):
+    """Per-token classification (e.g. NER); logits are (B, L, C), zero at pads; the head runs on real tokens."""
+
+    def __init__(self, config: ModernAlbertConfig):
+        super().__init__(config, config.num_labels)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> ModernAlbertTokenClassifierOutput | tuple:
+        """Classify tokens; ``labels`` (B, L) with -100 where there is no target."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.model(input_ids, attention_mask, position_ids, inputs_embeds, output_attentions,
+                             output_hidden_states, return_dict=True)
+        hidden = outputs.last_hidden_state  # (B, L, d)
+        mask = _real_token_mask(attention_mask, hidden.shape[:2], hidden.device)  # (B, L)
+        token_logits = self._classify(hidden[mask])  # (N, C)
+        logits = token_logits.new_zeros(*hidden.shape[:2], token_logits.shape[-1])
+        logits[mask] = token_logits  # (B, L, C)
+        loss = None
+        if labels is not None:
+            targets = labels.masked_fill(~mask, -100)
+            loss = (F.cross_entropy(logits.view(-1, self.num_labels).float(), targets.view(-1))
+                    if bool((targets != -100).any()) else logits.sum() * 0.0)
+        loss = _with_router_losses(loss, outputs, self.config)
+        out = ModernAlbertTokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                                attentions=outputs.attentions, **_router_fields(outputs))
+        return out if return_dict else out.to_tuple()
+
+
+class ModernAlbertForQuestionAnswering(_ClassifierBase):
+    """Extractive QA: start/end logits per token (B, L); pads get the dtype's minimum so they are never picked."""
+
+    def __init__(self, config: ModernAlbertConfig):
+        super().__init__(config, 2)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> ModernAlbertQuestionAnsweringOutput | tuple:
+        """Span logits; the loss is the mean of start and end cross-entropies (positions clamped to L, ignored)."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.model(input_ids, attention_mask, position_ids, inputs_embeds, output_attentions,
+                             output_hidden_states, return_dict=True)
+        hidden = outputs.last_hidden_state  # (B, L, d)
+        mask = _real_token_mask(attention_mask, hidden.shape[:2], hidden.device)  # (B, L)
+        token_logits = self._classify(hidden[mask])  # (N, 2)
+        logits = token_logits.new_full((*hidden.shape[:2], 2), torch.finfo(token_logits.dtype).min)
+        logits[mask] = token_logits  # (B, L, 2)
+        start_logits, end_logits = logits.unbind(-1)  # 2 x (B, L)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            L = hidden.shape[1]
+            # Out-of-span targets (clamped to L) are ignored, as in Hugging Face's QA heads.
+            start = start_positions.view(-1).clamp(0, L)
+            end = end_positions.view(-1).clamp(0, L)
+            loss = (F.cross_entropy(start_logits.float(), start, ignore_index=L)
+                    + F.cross_entropy(end_logits.float(), end, ignore_index=L)) / 2
+        loss = _with_router_losses(loss, outputs, self.config)
+        out = ModernAlbertQuestionAnsweringOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                                                  hidden_states=outputs.hidden_states,
+                                                  attentions=outputs.attentions, **_router_fields(outputs))
+        return out if return_dict else out.to_tuple()
+
+
+class ModernAlbertForMultipleChoice(_ClassifierBase):
+    """Multiple choice: inputs (B, C, L), one pooled score per choice, logits (B, C)."""
+
+    def __init__(self, config: ModernAlbertConfig):
+        super().__init__(config, 1)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> ModernAlbertMultipleChoiceOutput | tuple:
+        """Score choices; ``labels`` (B,) index of the right choice."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        ref = input_ids if input_ids is not None else inputs_embeds
+        if ref is None or ref.dim() < 3:
+            raise ValueError("ModernAlbertForMultipleChoice expects inputs of shape (batch, num_choices, seq_len).")
+        B, C, L = ref.shape[:3]
+
+        def flat(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.reshape(B * C, L, *t.shape[3:])  # (B*C, L, ...)
+
+        attention_mask = flat(attention_mask)
+        outputs = self.model(flat(input_ids), attention_mask, flat(position_ids), flat(inputs_embeds),
+                             output_attentions, output_hidden_states, return_dict=True)
+        pooled = pool(outputs.last_hidden_state, attention_mask, self.config.classifier_pooling)  # (B*C, d)
+        logits = self._classify(pooled).view(B, C)  # (B, C)
+        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        loss = _with_router_losses(loss, outputs, self.config)
+        out = ModernAlbertMultipleChoiceOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                               attentions=outputs.attentions, **_router_fields(outputs))
+        return out if return_dict else out.to_tuple()
+
+
+_CLASSIFIER_CLASSES = (
+    ModernAlbertForSequenceClassification,
+    ModernAlbertForTokenClassification,
+    ModernAlbertForQuestionAnswering,
+    ModernAlbertForMultipleChoice,
+)
+
+
+# =========================================================================================== parameter counting
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    """Unique parameters (what is stored and trained) and effective parameters (what an unshared encoder of the
+    same depth would hold: every shared block counted once per effective layer that runs it)."""
+
+    unique: int
+    effective: int
+    embedding: int
+    per_group: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return (f"{self.unique / 1e6:.2f}M unique / {self.effective / 1e6:.2f}M effective parameters "
+                f"({self.embedding / 1e6:.2f}M in the token embedding)")
+
+
+def count_parameters(model: nn.Module) -> ParameterCount:
+    """Count unique and effective parameters of any ModernAlbert model (tied weights counted once).
+
+    Args:
+        model: A ModernAlbert model or head model.
+
+    Returns:
+        A :class:`ParameterCount`.
+    """
+    base = model if isinstance(model, ModernAlbertModel) else model.model
+    unique = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    per_group = tuple(sum(p.numel() for p in g.parameters()) for g in base.groups)
+    # RRT's per-position LoRAs run once each; everything else in a group runs at all G positions.
+    per_position = sum(p.numel() for g in base.groups if isinstance(g.mlp, RRTGeGLU)
+                       for p in (g.mlp.lora_A1, g.mlp.lora_B1, g.mlp.lora_A2, g.mlp.lora_B2))
+    G = base.config.group_depth
+    effective = unique + (G - 1) * (sum(per_group) - per_position)
+    return ParameterCount(unique, effective, base.embeddings.tok_embeddings.weight.numel(), per_group)
+
+
+__all__ = [
+    "ATTENTION_FUNCTIONS",
+    "FFN_CLASSES",
+    "ModernAlbertForMaskedLM",
+    "ModernAlbertForMultipleChoice",
+    "ModernAlbertForQuestionAnswering",
+    "ModernAlbertForSequenceClassification",
+    "ModernAlbertForTokenClassification",
+    "ModernAlbertModel",
+    "ModernAlbertModelOutput",
+    "ModernAlbertPreTrainedModel",
+    "ParameterCount",
+    "count_parameters",
+]

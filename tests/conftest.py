@@ -1,0 +1,41 @@
+"""Shared fixtures. Tests never reach a hub: HF_HUB_OFFLINE is set before transformers is imported."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest
+import torch
+
+from modernalbert import ModernAlbertConfig
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def small_config(**overrides) -> ModernAlbertConfig:
+    """The `test` preset (d=64, 4 heads, f=96, e=32, L=4, G=2, MoL at group 1) with overrides."""
+    return ModernAlbertConfig.from_preset("test", **overrides)
+
+
+def padded_batch(vocab: int = 512, lengths=(7, 4, 9), pad_id: int = 0, seed: int = 0):
+    """Right-padded (B, L) ids with the given real lengths, and its attention mask."""
+    g = torch.Generator().manual_seed(seed)
+    L = max(lengths)
+    ids = torch.full((len(lengths), L), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(lengths), L, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        ids[b, :n] = torch.randint(4, vocab, (n,), generator=g)
+        mask[b, :n] = 1
+    return ids, mask
+
+
+def randomize_adapters(model: torch.nn.Module, std: float = 0.05) -> None:
+    """Give every LoRA B / adapter-up matrix random non-zero values (they start at zero)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.split(".")[-1] in ("lora_B1", "lora_B2", "adapter_up"):
+                p.normal_(0.0, std)
