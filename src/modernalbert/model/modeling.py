@@ -695,7 +695,7 @@ class ModernAlbertModel(ModernAlbertPreTrainedModel):
             :class:`ModernAlbertModelOutput`; ``last_hidden_state`` is zero at padded positions.
         """
         cfg = self.config
-        output_attentions = bool(output_attentions) or cfg.output_attentions
+        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = cfg.return_dict if return_dict is None else return_dict
         B, L = self._check_inputs(input_ids, attention_mask, position_ids, inputs_embeds)
