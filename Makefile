@@ -10,11 +10,11 @@ setup:
 
 ## make test: install, lint, run the whole test suite (CPU, a few minutes on 2 cores)
 test: setup
-	$(PYTHON) -m ruff check src tests benchmarks
+	$(PYTHON) -m ruff check src tests benchmarks scripts
 	$(PYTHON) -m pytest -q tests
 
 lint: setup
-	$(PYTHON) -m ruff check src tests benchmarks
+	$(PYTHON) -m ruff check src tests benchmarks scripts
 
 ## make bench: the CPU benchmarks (ratios against baselines measured in the same run)
 bench: setup

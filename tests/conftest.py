@@ -7,6 +7,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
 
 from modernalbert import ModernAlbertConfig
 
@@ -39,3 +41,23 @@ def randomize_adapters(model: torch.nn.Module, std: float = 0.05) -> None:
         for name, p in model.named_parameters():
             if name.split(".")[-1] in ("lora_B1", "lora_B2", "adapter_up"):
                 p.normal_(0.0, std)
+
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WORDS = [
+    "the", "a", "cat", "dog", "bird", "fish", "sat", "ran", "flew", "swam", "on", "under", "over", "near", "mat",
+    "tree", "river", "house", "big", "small", "red", "blue", "green", "quick", "slow", "happy", "old", "young", "and",
+    "but", "then",
+]
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    """Whitespace word-level tokenizer, [PAD] = 0, ids < 40, with ``[CLS] ... [SEP]`` around every text."""
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")

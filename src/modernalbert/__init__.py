@@ -14,6 +14,7 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
+from .export import measure_routing, merge_experts
 from .model import (
     PRESETS,
     ConversionReport,
@@ -60,4 +61,6 @@ __all__ = [
     "__version__",
     "count_parameters",
     "load_modernbert_weights",
+    "measure_routing",
+    "merge_experts",
 ]

@@ -30,7 +30,9 @@ BAD_FIELDS = [
     ("mol_groups", [8]),
     ("mol_groups", [1, 1]),
     ("ffn_variants", ["glu"] * 3),
-    ("ffn_variants", ["glu"] * 7 + ["lora"]),
+    ("ffn_variants", ["glu"] * 7 + ["adapter"]),
+    ("adapter_rank", 0),
+    ("router_ema_decay", 1.5),
     ("num_experts", 0),
     ("num_experts_per_tok", 0),
     ("num_experts_per_tok", 9),  # > num_experts
@@ -53,6 +55,12 @@ def test_every_invalid_field_fails_fast_naming_the_field(field, value):
         kwargs["num_experts"] = 8
     with pytest.raises(ValueError, match=field):
         ModernAlbertConfig(**kwargs)
+
+
+def test_lora_variant_needs_its_rank():
+    with pytest.raises(ValueError, match="adapter_rank"):
+        ModernAlbertConfig(num_hidden_layers=4, group_depth=2, ffn_variants=["glu", "lora"])
+    assert ModernAlbertConfig(num_hidden_layers=4, group_depth=2, ffn_variants=["glu", "lora"], adapter_rank=8)
 
 
 def test_mol_groups_and_ffn_variants_are_one_thing():

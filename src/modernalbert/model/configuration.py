@@ -19,6 +19,8 @@ Every group owns one GeGLU FFN. ``ffn_variants`` (one entry per group) says what
 * ``"mol"``: Mixture of LoRAs: E routed LoRA experts on both FFN matrices, top-k per token (the paper).
 * ``"rrt"``: Relaxed Recursive Transformer baseline: one fixed, non-routed LoRA per recursion position.
 * ``"moa"``: Mixture-of-Adapters baseline: E routed bottleneck adapters applied after the FFN.
+* ``"lora"``: one fixed low-rank adapter (rank ``adapter_rank``) on both FFN matrices: what merging the experts
+  of a MoL group produces (``modernalbert.merge_experts``).
 
 ``mol_groups`` is the short form: the listed groups get ``"mol"``, the others ``"glu"``.
 """
@@ -30,7 +32,7 @@ from typing import Any, ClassVar
 
 from transformers import PretrainedConfig
 
-FFN_VARIANTS = ("glu", "mol", "rrt", "moa")
+FFN_VARIANTS = ("glu", "mol", "rrt", "moa", "lora")
 MOL_MIXING = ("output", "weight")
 POOLING = ("cls", "mean")
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
@@ -221,6 +223,10 @@ class ModernAlbertConfig(PretrainedConfig):
         router_jitter: Switch-style multiplicative input jitter on the router input during training (ours: 0).
         router_aux_loss_coef: Weight of the Switch load-balance loss added to the task loss (ours: 0.01).
         router_z_loss_coef: Weight of the router z-loss added to the task loss (ours: 0.001).
+        router_ema_decay: Decay of the per-group moving average of routed probability mass per expert, kept
+            during training and saved with the model; merging with ``weights="router"`` reads it (ours: 0.99).
+        adapter_rank: Rank of the ``"lora"`` variant's adapter (set by merging).
+        merge_info: How a merged model was merged (set by ``merge_experts``); ``None`` otherwise.
         sparse_prediction: MaskedLM computes logits only at labelled positions when labels are given.
         mask_token_id: Id of the mask token (used by MLM data collation).
         cls_token_id: Id of the CLS token.
@@ -269,6 +275,9 @@ class ModernAlbertConfig(PretrainedConfig):
     router_jitter: float = 0.0
     router_aux_loss_coef: float = 0.01
     router_z_loss_coef: float = 0.001
+    router_ema_decay: float = 0.99
+    adapter_rank: int | None = None
+    merge_info: dict | None = None
     sparse_prediction: bool = False
     pad_token_id: int | None = 50283
     bos_token_id: int | None = 50281
@@ -378,6 +387,9 @@ class ModernAlbertConfig(PretrainedConfig):
             _fail("router_jitter", 1.0, "jitter must be < 1 (inputs are scaled by U(1 - jitter, 1 + jitter))")
         _check_float("router_aux_loss_coef", self.router_aux_loss_coef, 0.0)
         _check_float("router_z_loss_coef", self.router_z_loss_coef, 0.0)
+        _check_float("router_ema_decay", self.router_ema_decay, 0.0, 1.0)
+        if "lora" in self.ffn_variants or self.adapter_rank is not None:
+            _check_int("adapter_rank", self.adapter_rank, 1)
         for name in ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id",
                      "mask_token_id"):
             value = getattr(self, name)

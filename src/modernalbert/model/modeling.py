@@ -20,6 +20,7 @@ import importlib.util
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -108,44 +109,64 @@ def _router_fields(outputs: ModernAlbertModelOutput) -> dict[str, Any]:
 # ================================================================================================ batch layout
 
 
-class Layout(NamedTuple):
+def _is_exporting() -> bool:
+    """True while the forward is being traced or compiled (torch.export / ONNX / TorchScript / torch.compile).
+
+    Code guarded by it must not read tensor values on the host: a traced graph would freeze one batch's answer.
+    """
+    return torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
+@dataclass(eq=False)
+class Layout:
     """Where the N real tokens sit in the padded (B, L) batch; computed once per forward.
 
     ``indices`` are flat positions in B * L, row-major, so each sequence's tokens are contiguous and in order
-    (what FlashAttention varlen needs). ``key_mask`` is None when nothing is padded (the fast path).
+    (what FlashAttention varlen needs). ``key_mask`` is None when nothing is padded (the fast path); a traced
+    graph always carries the mask, so that it stays correct for batches with and without padding.
     """
 
     indices: torch.Tensor  # (N,) int64
     batch_size: int
     seq_len: int
     cu_seqlens: torch.Tensor  # (B + 1,) int32
-    max_seqlen: int
     key_mask: torch.Tensor | None  # (B, 1, 1, L) bool, True = attend; None = no padding
 
     @property
     def padded(self) -> bool:
         return self.key_mask is not None
 
+    @cached_property
+    def max_seqlen(self) -> int:
+        """Longest real sequence. Only FlashAttention varlen needs it, and it costs a host sync, so it is read
+        lazily (once per forward: the value is cached on the layout that every layer shares)."""
+        return int((self.cu_seqlens[1:] - self.cu_seqlens[:-1]).max())
+
 
 def make_layout(attention_mask: torch.Tensor | None, batch_size: int, seq_len: int,
                 device: torch.device) -> Layout:
     """Build the :class:`Layout` of a batch from its (B, L) attention mask (1 = real token)."""
-    if attention_mask is None or bool(attention_mask.all()):
+    # Eager calls skip the mask when nothing is padded (one cheap check saves the gather/scatter); a traced
+    # graph cannot branch on mask values, so it always takes the masked path, which is exact for any batch.
+    if attention_mask is None or (not _is_exporting() and bool(attention_mask.all())):
         lengths = torch.full((batch_size,), seq_len, dtype=torch.int32, device=device)
         indices = torch.arange(batch_size * seq_len, device=device)
         key_mask = None
-        max_seqlen = seq_len
     else:
         mask = attention_mask.bool()
         lengths = mask.sum(-1, dtype=torch.int32)  # (B,)
         indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()  # (N,)
-        max_seqlen = int(lengths.max())
+        if _is_exporting():
+            # N is data-dependent in a traced graph. Promising N >= 1 lets reductions over the N rows trace without
+            # a guard on N == 0; the promise is not checked at run time, and a batch without any real token still
+            # runs (to zeros) in the exported graph.
+            torch._check(indices.shape[0] >= 1)
         # A row with no real token would make softmax see only -inf (NaN); let it attend everywhere instead.
         # Its outputs are never gathered, so this only keeps the kernel finite.
         safe = mask | ~mask.any(-1, keepdim=True)
         key_mask = safe[:, None, None, :]  # (B, 1, 1, L)
     cu_seqlens = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
-    return Layout(indices, batch_size, seq_len, cu_seqlens, max_seqlen, key_mask)
+    return Layout(indices, batch_size, seq_len, cu_seqlens, key_mask)
 
 
 def pad_tokens(x: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -287,6 +308,7 @@ class RouterStats(NamedTuple):
     z_loss: torch.Tensor  # () mean(logsumexp(logits)^2)
     usage: torch.Tensor  # (E,) fraction of top-k assignments per expert
     probs: torch.Tensor  # (E,) mean router probability per expert
+    mass: torch.Tensor  # (E,) mean routed (renormalised top-k) probability mass per expert, sums to 1
 
 
 class GeGLU(nn.Module):
@@ -339,9 +361,16 @@ class Router(nn.Module):
         n_tokens = assignments / self.top_k  # () N
         usage = counts / assignments  # (E,)
         mean_p = probs.sum(0) / n_tokens  # (E,)
+        mass = gate.sum(0) / n_tokens  # (E,)
         aux = self.num_experts * (usage * mean_p).sum()
         z = torch.logsumexp(logits, -1).square().sum() / n_tokens
-        return gate.to(x.dtype), onehot, RouterStats(aux, z, usage, mean_p)
+        return gate.to(x.dtype), onehot, RouterStats(aux, z, usage, mean_p, mass)
+
+
+def rank_gate(gate: torch.Tensor, r: int) -> torch.Tensor:
+    """(N, E) -> (N, E*r): each expert's gate repeated over its r rank rows (static shapes, export-friendly)."""
+    N, E = gate.shape
+    return gate[:, :, None].expand(N, E, r).reshape(N, E * r)
 
 
 class MoLGeGLU(GeGLU):
@@ -370,6 +399,20 @@ class MoLGeGLU(GeGLU):
         self.lora_B1 = nn.Parameter(torch.empty(E, 2 * f, r))
         self.lora_A2 = nn.Parameter(torch.empty(E, r, f))
         self.lora_B2 = nn.Parameter(torch.empty(E, d, r))
+        # Moving average of routed probability mass per expert (saved with the model): merge weights "router".
+        self.ema_decay = config.router_ema_decay
+        self.register_buffer("routing_ema", torch.full((E,), 1.0 / E))
+        self.register_buffer("routing_ema_updates", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update_routing_ema(self, mass: torch.Tensor) -> None:
+        """Fold one call's routed probability mass (E,) into the moving average (called by the encoder once per
+        routed call in training, outside activation checkpointing so that recomputation never counts twice)."""
+        if self.routing_ema_updates == 0:
+            self.routing_ema.copy_(mass)
+        else:
+            self.routing_ema.mul_(self.ema_decay).add_(mass.to(self.routing_ema.dtype), alpha=1 - self.ema_decay)
+        self.routing_ema_updates += 1
 
     def stacked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Experts stacked for the dense executor: A as (E*r, in) and B as (E*r, out)."""
@@ -385,19 +428,16 @@ class MoLGeGLU(GeGLU):
         A1, B1, A2, B2 = self.stacked()
         r, s = self.rank, self.scale
 
-        def rank_gate(g: torch.Tensor) -> torch.Tensor:  # (N, E) -> (N, E*r): each expert's gate on its r rows
-            return g.repeat_interleave(r, dim=-1)
-
         # Separate GEMMs, and the low-rank terms accumulated in place into the shared GEMM's output (addmm_ with
         # beta = 1): measured faster on CPU than one GEMM over concatenated [W; A] weights plus copies.
         # In place is autograd-safe here: mm/addmm save their matrix operands, never the tensor added to.
         u = self.Wi(x)  # (N, 2f)
         a1 = F.linear(x, A1)  # (N, E*r), every expert's A1 x in one GEMM
         if self.mixing == "weight":
-            u = u.addmm_(a1 * rank_gate(gate), B1, alpha=s)  # (N, 2f)
+            u = u.addmm_(a1 * rank_gate(gate, r), B1, alpha=s)  # (N, 2f)
             act = self.glu(u)  # (N, f)
             a2 = F.linear(act, A2)  # (N, E*r)
-            y = self.Wo(act).addmm_(a2 * rank_gate(gate), B2, alpha=s)  # (N, d)
+            y = self.Wo(act).addmm_(a2 * rank_gate(gate, r), B2, alpha=s)  # (N, d)
             return y, stats
 
         # Output mixing: one GeGLU per routed slot j (expert e_j, weight p_j); W2 is linear, so it is applied
@@ -406,11 +446,11 @@ class MoLGeGLU(GeGLU):
         for j in range(self.top_k):
             slot = onehot[:, j].to(x.dtype)  # (N, E) one-hot of slot j's expert
             p_j = (gate * slot).sum(-1, keepdim=True)  # (N, 1)
-            code = a1 * rank_gate(slot)  # (N, E*r), only e_j's rows
+            code = a1 * rank_gate(slot, r)  # (N, E*r), only e_j's rows
             last = j == self.top_k - 1
             u_j = u.addmm_(code, B1, alpha=s) if last else torch.addmm(u, code, B1, alpha=s)  # (N, 2f)
             act_j = self.glu(u_j)  # (N, f)
-            a2_j = F.linear(act_j, A2) * rank_gate(slot * p_j)  # (N, E*r), weighted by p_j
+            a2_j = F.linear(act_j, A2) * rank_gate(slot * p_j, r)  # (N, E*r), weighted by p_j
             if mixed_act is None:
                 mixed_act, a2_mix = act_j * p_j, a2_j
             else:
@@ -459,12 +499,36 @@ class MoAGeGLU(GeGLU):
         E, r = self.num_experts, self.rank
         y = self.Wo(self.glu(self.Wi(x)))  # (N, d)
         hidden = self.act(F.linear(y, self.adapter_down.reshape(E * r, -1)))  # (N, E*r)
-        hidden = hidden * gate.repeat_interleave(r, dim=-1)  # (N, E*r)
+        hidden = hidden * rank_gate(gate, r)  # (N, E*r)
         up = self.adapter_up.transpose(1, 2).reshape(E * r, -1)  # (E*r, d)
         return y + hidden @ up, stats
 
 
-FFN_CLASSES: dict[str, type[GeGLU]] = {"glu": GeGLU, "mol": MoLGeGLU, "rrt": RRTGeGLU, "moa": MoAGeGLU}
+class LoRAGeGLU(GeGLU):
+    """GeGLU with one fixed low-rank adapter on each matrix, ``W1 + B1 A1`` and ``W2 + B2 A2`` (rank
+    ``config.adapter_rank``, scale folded into B): the form a merged MoL group takes."""
+
+    def __init__(self, config: ModernAlbertConfig):
+        super().__init__(config)
+        R, d, f = config.adapter_rank, config.hidden_size, config.intermediate_size
+        self.lora_A1 = nn.Parameter(torch.empty(R, d))
+        self.lora_B1 = nn.Parameter(torch.empty(2 * f, R))
+        self.lora_A2 = nn.Parameter(torch.empty(R, f))
+        self.lora_B2 = nn.Parameter(torch.empty(d, R))
+
+    def forward(self, x: torch.Tensor, position: int = 0) -> tuple[torch.Tensor, None]:
+        u = self.Wi(x).addmm_(F.linear(x, self.lora_A1), self.lora_B1.T)  # (N, 2f)
+        act = self.glu(u)  # (N, f)
+        return self.Wo(act).addmm_(F.linear(act, self.lora_A2), self.lora_B2.T), None  # (N, d)
+
+
+FFN_CLASSES: dict[str, type[GeGLU]] = {
+    "glu": GeGLU,
+    "mol": MoLGeGLU,
+    "rrt": RRTGeGLU,
+    "moa": MoAGeGLU,
+    "lora": LoRAGeGLU,
+}
 
 
 # ================================================================================================ block, model
@@ -559,7 +623,10 @@ class ModernAlbertPreTrainedModel(PreTrainedModel):
         elif isinstance(module, GeGLU):
             trunc(module.Wi.weight, std_in)
             trunc(module.Wo.weight, std_out)
-            if isinstance(module, (MoLGeGLU, RRTGeGLU)):
+            if isinstance(module, MoLGeGLU):
+                init.constant_(module.routing_ema, 1.0 / module.num_experts)
+                init.zeros_(module.routing_ema_updates)
+            if isinstance(module, (MoLGeGLU, RRTGeGLU, LoRAGeGLU)):
                 # PEFT's LoRA init: A ~ kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)); B = 0 (no-op at init).
                 init.uniform_(module.lora_A1, -cfg.hidden_size ** -0.5, cfg.hidden_size ** -0.5)
                 init.uniform_(module.lora_A2, -cfg.intermediate_size ** -0.5, cfg.intermediate_size ** -0.5)
@@ -625,6 +692,7 @@ class ModernAlbertModel(ModernAlbertPreTrainedModel):
         return [(i // G, i % G) for i in range(self.config.num_hidden_layers)]
 
     def _check_inputs(self, input_ids, attention_mask, position_ids, inputs_embeds) -> tuple[int, int]:
+        exporting = _is_exporting()
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         ref = input_ids if input_ids is not None else inputs_embeds
@@ -644,12 +712,14 @@ class ModernAlbertModel(ModernAlbertPreTrainedModel):
         if input_ids is not None:
             if input_ids.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
                 raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}.")
-            lo, hi = int(input_ids.min()), int(input_ids.max())
-            if lo < 0 or hi >= self.config.vocab_size:
-                raise ValueError(
-                    f"Token ids must lie in [0, vocab_size={self.config.vocab_size}); got values in [{lo}, {hi}]. "
-                    "Is the tokenizer the one this model was trained with?"
-                )
+            # Value checks read the ids on the host: eager calls only (a traced graph cannot keep them).
+            if not exporting:
+                lo, hi = int(input_ids.min()), int(input_ids.max())
+                if lo < 0 or hi >= self.config.vocab_size:
+                    raise ValueError(
+                        f"Token ids must lie in [0, vocab_size={self.config.vocab_size}); got values in "
+                        f"[{lo}, {hi}]. Is the tokenizer the one this model was trained with?"
+                    )
         else:
             width = self.config.embedding_size or self.config.hidden_size
             if inputs_embeds.shape[-1] != width:
@@ -662,7 +732,8 @@ class ModernAlbertModel(ModernAlbertPreTrainedModel):
                 raise ValueError(
                     f"position_ids must have shape (batch, {L}) or ({L},), got {tuple(position_ids.shape)}."
                 )
-            if int(position_ids.max()) >= self.config.max_position_embeddings or int(position_ids.min()) < 0:
+            if not exporting and (int(position_ids.max()) >= self.config.max_position_embeddings
+                                  or int(position_ids.min()) < 0):
                 raise ValueError(
                     f"position_ids must lie in [0, max_position_embeddings={self.config.max_position_embeddings})."
                 )
@@ -725,6 +796,9 @@ class ModernAlbertModel(ModernAlbertPreTrainedModel):
             )
             if st is not None:
                 stats.append(st)
+                mlp = self.groups[group].mlp
+                if self.training and isinstance(mlp, MoLGeGLU):
+                    mlp.update_routing_ema(st.mass.detach())
             if all_hidden is not None:
                 all_hidden.append(x)
             if all_attn is not None:

@@ -1,0 +1,1 @@
+"""The ``modernalbert`` command line: a thin dispatcher from subcommands to library functions."""

@@ -1,0 +1,468 @@
+"""ONNX export of any ModernAlbert model (merged or not), checked with ONNX Runtime, and int8 dynamic quantisation.
+
+The graph takes ``input_ids`` and ``attention_mask`` (int64; (batch, sequence), or (batch, choices, sequence) for
+multiple choice; every axis dynamic) and returns the head's natural outputs (router statistics are not exported):
+
+========================================  ======================================================================
+class                                     outputs
+========================================  ======================================================================
+``ModernAlbertModel``                     ``last_hidden_state`` (B, L, d); plus ``sentence_embedding`` (B, d)
+                                          with ``pooling="mean"`` (mean over real tokens) or ``"cls"``
+``ModernAlbertForMaskedLM``               ``logits`` (B, L, V)
+``ModernAlbertForSequenceClassification`` ``logits`` (B, C)
+``ModernAlbertForTokenClassification``    ``logits`` (B, L, C)
+``ModernAlbertForQuestionAnswering``      ``start_logits``, ``end_logits`` (B, L)
+``ModernAlbertForMultipleChoice``         ``logits`` (B, C)
+========================================  ======================================================================
+
+Exporter: ``torch.onnx.export(..., dynamo=True)`` (``torch.export`` capture, then onnxscript translation) at
+opset 18 by default (its lowest; higher ones are accepted). It is torch's default and supported exporter (the
+TorchScript one, ``dynamo=False``, still runs in torch 2.13 but is deprecated), its ``dynamic_shapes`` make the
+axes symbolic rather than traced at one size, and it keeps the unpadded execution of the model: the real tokens
+are found with ``NonZero`` in the graph, so the N token rows are a data-dependent axis and no work is spent on
+pads, exactly as in eager mode. Routed (MoL/MoA) groups export as they are: their executors are dense and
+static-shape (top-k gate as an (N, E) matrix). The graph does not re-check inputs: token ids must lie in
+``[0, vocab_size)`` and sequences must not exceed ``max_position_embeddings``, as the tokenizer ensures.
+
+Files: the graph and its weights are one ``.onnx`` file while the weights fit the 2 GB protobuf limit; above it
+they go to ``<name>.data`` beside the graph (ONNX external data, referenced by that relative name, so the two must
+stay together). Both are written into a temporary folder next to the destination and moved into place with
+``os.replace``, data first and graph last, so a reader never sees a partial or data-less graph.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..model import modeling
+from ..model.modeling import ModernAlbertModel, ModernAlbertPreTrainedModel
+
+DEFAULT_OPSET = 18
+POOLINGS = ("mean", "cls")
+INPUT_NAMES = ("input_ids", "attention_mask")
+
+# Head class name -> output names, in the graph's order.
+OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
+    "ModernAlbertModel": ("last_hidden_state",),
+    "ModernAlbertForMaskedLM": ("logits",),
+    "ModernAlbertForSequenceClassification": ("logits",),
+    "ModernAlbertForTokenClassification": ("logits",),
+    "ModernAlbertForQuestionAnswering": ("start_logits", "end_logits"),
+    "ModernAlbertForMultipleChoice": ("logits",),
+}
+
+# Keys of the ONNX metadata that make an exported file self-describing (read back by verify_onnx).
+META_ARCHITECTURE = "modernalbert.architecture"
+META_POOLING = "modernalbert.pooling"
+
+_MERGE_HINT = "merge the experts first (`modernalbert merge IN OUT --form fold`) and export the merged model"
+
+
+class OnnxExportError(RuntimeError):
+    """The model could not be exported (the message says why and what to do)."""
+
+
+class OnnxMismatchError(RuntimeError):
+    """ONNX Runtime outputs differ from PyTorch by more than the tolerance."""
+
+
+# ================================================================================================== the graph
+
+
+class _ExportModule(nn.Module):
+    """Plain-tensor view of a ModernAlbert model: (input_ids, attention_mask) -> tuple of named outputs."""
+
+    def __init__(self, model: ModernAlbertPreTrainedModel, pooling: str | None):
+        super().__init__()
+        self.model = model
+        self.pooling = pooling
+        self.is_base = isinstance(model, ModernAlbertModel)
+        self.names = output_names(model, pooling)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        if self.is_base:
+            hidden = out.last_hidden_state  # (B, L, d)
+            if self.pooling is None:
+                return (hidden,)
+            return hidden, modeling.pool(hidden, attention_mask, self.pooling)  # (B, L, d), (B, d)
+        return tuple(getattr(out, name) for name in self.names)
+
+
+def _architecture(model: nn.Module) -> str:
+    """The ModernAlbert class ``model`` is (or derives from): it decides the graph's outputs."""
+    if isinstance(model, ModernAlbertPreTrainedModel):
+        for cls in type(model).__mro__:
+            if cls.__module__ == modeling.__name__ and cls.__name__ in OUTPUT_NAMES:
+                return cls.__name__
+    raise ValueError(f"Cannot export {type(model).__name__}: expected a ModernAlbert model or head "
+                     f"({', '.join(OUTPUT_NAMES)}).")
+
+
+def output_names(model: ModernAlbertPreTrainedModel, pooling: str | None = None) -> tuple[str, ...]:
+    """Names of the graph outputs that :func:`export_onnx` gives ``model`` (with ``pooling`` for the base model).
+
+    Raises:
+        ValueError: Unknown model class or pooling, or pooling asked of a head model.
+    """
+    arch = _architecture(model)
+    if pooling is None:
+        return OUTPUT_NAMES[arch]
+    if pooling not in POOLINGS:
+        raise ValueError(f"Unknown pooling {pooling!r}: use one of {POOLINGS}.")
+    if arch != "ModernAlbertModel":
+        raise ValueError(f"pooling={pooling!r} adds a sentence embedding to the base model only; {arch} already "
+                         "has its own outputs (export the base ModernAlbertModel, or drop --pooling).")
+    return (*OUTPUT_NAMES[arch], "sentence_embedding")
+
+
+def _require(*modules: str) -> None:
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(f"ONNX export needs {', '.join(missing)}: pip install 'modernalbert[export]' "
+                          "(onnx, onnxruntime, onnxscript).")
+
+
+def _routed_groups(model: ModernAlbertPreTrainedModel) -> list[int]:
+    base = model if isinstance(model, ModernAlbertModel) else model.model
+    return [g for g, blk in enumerate(base.groups) if getattr(blk.mlp, "routed", False)]
+
+
+def _example_inputs(model: ModernAlbertPreTrainedModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """A small padded batch to trace with. Each dynamic axis gets a size >= 2 (torch.export specialises sizes 0
+    and 1), and one row is padded so that the trace sees a real mask."""
+    cfg = model.config
+    L = min(8, cfg.max_position_embeddings)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, cfg.vocab_size, (2, L), generator=g)  # (B, L)
+    mask = torch.ones(2, L, dtype=torch.long)
+    mask[1, L // 2 :] = 0
+    ids = ids.masked_fill(mask == 0, cfg.pad_token_id or 0)
+    if isinstance(model, modeling.ModernAlbertForMultipleChoice):
+        ids, mask = ids[:, None].expand(2, 2, L).contiguous(), mask[:, None].expand(2, 2, L).contiguous()  # (B, C, L)
+    return ids, mask
+
+
+def _dynamic_shapes(model: ModernAlbertPreTrainedModel) -> dict[str, dict[int, Any]]:
+    from torch.export import Dim
+
+    # Both inputs share the same Dim objects: the model checks that their shapes agree.
+    batch = Dim("batch", min=1)
+    # The model refuses sequences longer than max_position_embeddings; the bound tells the tracer so.
+    sequence = Dim("sequence", min=1, max=model.config.max_position_embeddings)
+    if isinstance(model, modeling.ModernAlbertForMultipleChoice):
+        axes = {0: batch, 1: Dim("choices", min=1), 2: sequence}
+    else:
+        axes = {0: batch, 1: sequence}
+    return {name: axes for name in INPUT_NAMES}
+
+
+# ============================================================================================== atomic writes
+
+
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp_path)`` in a temporary folder beside ``path``, then move what it wrote into place.
+
+    Files other than the graph (ONNX external data) move first, the graph last. A stale ``<name>.data`` left by an
+    earlier, larger export is removed once the new self-contained graph is in place.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        write(tmp / path.name)
+        written = sorted(tmp.iterdir(), key=lambda f: f.name == path.name)  # the graph last
+        if not written or written[-1].name != path.name:
+            raise OnnxExportError(f"Nothing was written to {path}.")
+        for f in written:
+            os.replace(f, path.parent / f.name)
+        stale = path.parent / f"{path.name}.data"
+        if stale.exists() and all(f.name != stale.name for f in written):
+            stale.unlink()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+# ===================================================================================================== export
+
+
+def export_onnx(model: ModernAlbertPreTrainedModel, path: str | os.PathLike, *, opset: int | None = None,
+                pooling: str | None = None) -> Path:
+    """Export a ModernAlbert model or head to ONNX with dynamic batch (and choices) and sequence axes.
+
+    Args:
+        model: Any ModernAlbert class; merged or with routed (MoL/MoA) groups. Exported in eval mode, in its own
+            dtype (fp32 is what ONNX Runtime's CPU kernels are fast and exact in); its train/eval mode is restored.
+        path: Destination ``.onnx`` file (parent folders are created).
+        opset: ONNX opset, 18 (the default, the exporter's own) or higher.
+        pooling: Base model only: also output ``sentence_embedding`` (B, d), ``"mean"`` over real tokens or
+            ``"cls"`` (first real token).
+
+    Returns:
+        The path of the written graph.
+
+    Raises:
+        ValueError: Unknown class or pooling, pooling on a head, opset below 18, or an attention implementation
+            that cannot be traced (FlashAttention).
+        OnnxExportError: The exporter failed; for models with routed groups the message names merging as the fix.
+    """
+    names = output_names(model, pooling)
+    _require("onnxscript", "onnx")
+    impl = model.config._attn_implementation or "sdpa"
+    if impl not in ("sdpa", "eager"):
+        raise ValueError(f"Cannot export attn_implementation={impl!r} (a CUDA kernel): load the model with "
+                         "attn_implementation='sdpa' to export it.")
+    opset = DEFAULT_OPSET if opset is None else int(opset)
+    if opset < DEFAULT_OPSET:
+        # The exporter implements opset 18 and up; below that it silently keeps 18 when conversion fails.
+        raise ValueError(f"opset {opset} is not supported: the ONNX exporter writes opset >= {DEFAULT_OPSET}.")
+    wrapper = _ExportModule(model, pooling)
+    example = _example_inputs(model)
+    was_training = model.training
+    model.eval()
+    # The exporter's own notices (deprecations inside torch, dynamic-shape renames, torchvision ops it could not
+    # register) say nothing about this model, so they are held back for the call.
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    registry_level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            program = torch.onnx.export(
+                wrapper, example, None, dynamo=True, opset_version=opset, verbose=False,
+                input_names=list(INPUT_NAMES), output_names=list(names),
+                dynamic_shapes=_dynamic_shapes(model),
+            )
+    except Exception as err:
+        routed = _routed_groups(model)
+        hint = (f" The model has unmerged routed groups {routed}: {_MERGE_HINT}." if routed else "")
+        first = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else "no message"
+        raise OnnxExportError(f"ONNX export of {type(model).__name__} failed: {type(err).__name__}: {first}.{hint}"
+                              ) from err
+    finally:
+        model.train(was_training)
+        registry_log.setLevel(registry_level)
+    program.model.metadata_props[META_ARCHITECTURE] = _architecture(model)
+    program.model.metadata_props[META_POOLING] = pooling or ""
+    return _write_atomically(Path(path), lambda tmp: program.save(tmp))
+
+
+def _has_external_data(onnx_path: Path) -> bool:
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """Dynamic int8 quantisation (ONNX Runtime ``quantize_dynamic``): int8 weights (QInt8), activations quantised
+    on the fly per batch. Suits CPU inference; quality is checked with :func:`compare_onnx`.
+
+    Args:
+        onnx_path: An fp32 graph written by :func:`export_onnx`.
+        out_path: Destination of the int8 graph (written atomically).
+
+    Returns:
+        The path of the int8 graph.
+
+    Raises:
+        FileNotFoundError: ``onnx_path`` does not exist.
+    """
+    _require("onnxruntime", "onnx")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"No ONNX model at {onnx_path}.")
+    external = _has_external_data(onnx_path)
+
+    def write(tmp: Path) -> None:
+        # The quantiser logs to the root logger, advising a pre-processing pass (symbolic shape inference) that
+        # cannot read this graph's data-dependent token axis, and it notes that the integer index tensors are
+        # not quantised; both are expected here, so its warnings are held back for the call.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_dynamic(onnx_path, tmp, weight_type=QuantType.QInt8, use_external_data_format=external)
+        finally:
+            root.setLevel(level)
+
+    return _write_atomically(Path(out_path), write)
+
+
+# ============================================================================================== verification
+
+
+def _session(onnx_path: str | os.PathLike) -> Any:
+    _require("onnxruntime")
+    import onnxruntime as ort
+
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No ONNX model at {path}.")
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _as_numpy_batch(batch: Mapping[str, Any] | Sequence[Any]) -> dict[str, np.ndarray]:
+    items = dict(batch) if isinstance(batch, Mapping) else dict(zip(INPUT_NAMES, batch))
+    missing = [n for n in INPUT_NAMES if items.get(n) is None]
+    if missing:
+        raise ValueError(f"Each batch needs {INPUT_NAMES}; missing {missing}.")
+    out = {}
+    for name in INPUT_NAMES:
+        v = items[name]
+        v = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+        out[name] = v.astype(np.int64)
+    return out
+
+
+def _run(session: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, batch)))
+
+
+def verify_onnx(model: ModernAlbertPreTrainedModel, onnx_path: str | os.PathLike,
+                batches: Iterable[Mapping[str, Any] | Sequence[Any]], atol: float = 1e-4) -> dict[str, float]:
+    """Run the graph with ONNX Runtime (CPU) and the model with PyTorch on each batch and compare every output.
+
+    Args:
+        model: The model the graph was exported from.
+        onnx_path: The exported graph (its metadata says which pooling was exported).
+        batches: Dicts (or ``(input_ids, attention_mask)`` pairs) of tensors or arrays; any batch size and length.
+        atol: Largest accepted absolute difference.
+
+    Returns:
+        Output name -> largest absolute difference over all batches.
+
+    Raises:
+        OnnxMismatchError: Some output differs by more than ``atol`` (or is not finite where PyTorch is).
+        ValueError: The graph was exported from another class, or a batch lacks an input.
+    """
+    session = _session(onnx_path)
+    meta = session.get_modelmeta().custom_metadata_map
+    arch = _architecture(model)
+    if meta.get(META_ARCHITECTURE, arch) != arch:
+        raise ValueError(f"{onnx_path} was exported from {meta[META_ARCHITECTURE]}, not {arch}.")
+    wrapper = _ExportModule(model, meta.get(META_POOLING) or None)
+    was_training = model.training
+    model.eval()
+    diffs: dict[str, float] = {}
+    shapes = []
+    try:
+        for batch in batches:
+            inputs = _as_numpy_batch(batch)
+            shapes.append(inputs["input_ids"].shape)
+            got = _run(session, inputs)
+            with torch.no_grad():
+                ref = wrapper(*(torch.from_numpy(inputs[n]) for n in INPUT_NAMES))
+            for name, r in zip(wrapper.names, ref):
+                r = r.float().numpy()
+                diff = np.abs(got[name].astype(np.float64) - r.astype(np.float64))
+                worst = float(np.nan_to_num(diff, nan=np.inf).max()) if diff.size else 0.0
+                diffs[name] = max(diffs.get(name, 0.0), worst)
+    finally:
+        model.train(was_training)
+    bad = {k: v for k, v in diffs.items() if not v <= atol}
+    if bad:
+        raise OnnxMismatchError(
+            f"ONNX Runtime disagrees with PyTorch for {onnx_path} beyond atol={atol}: "
+            + ", ".join(f"{k} max |diff| {v:.3g}" for k, v in bad.items())
+            + f" (batches of shape {[tuple(s) for s in shapes]})."
+        )
+    return diffs
+
+
+def _cosines(ref: np.ndarray, cand: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Cosine similarities of matching vectors of two outputs, over real tokens / non-empty rows only."""
+    ref, cand, mask = ref.astype(np.float64), cand.astype(np.float64), mask.astype(bool)
+    if ref.ndim == mask.ndim + 1 and ref.shape[: mask.ndim] == mask.shape:
+        a, b = ref[mask], cand[mask]  # (N, X): one vector per real token
+    elif ref.shape == mask.shape:
+        keep = mask.reshape(mask.shape[0], -1).any(-1)  # per-token scores: one vector per row, real tokens only
+        a = np.where(mask, ref, 0.0).reshape(ref.shape[0], -1)[keep]  # (B', L)
+        b = np.where(mask, cand, 0.0).reshape(cand.shape[0], -1)[keep]
+    else:
+        keep = mask.reshape(mask.shape[0], -1).any(-1)  # (B,) rows with at least one real token
+        a, b = ref.reshape(ref.shape[0], -1)[keep], cand.reshape(cand.shape[0], -1)[keep]  # (B', X)
+    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    return (a * b).sum(-1) / np.maximum(norms, 1e-30)
+
+
+def compare_onnx(reference_path: str | os.PathLike, candidate_path: str | os.PathLike,
+                 batches: Iterable[Mapping[str, Any] | Sequence[Any]]) -> dict[str, dict[str, float]]:
+    """Compare two graphs of the same model (e.g. fp32 and int8) with ONNX Runtime on the same batches.
+
+    Args:
+        reference_path: The reference graph (fp32).
+        candidate_path: The graph to judge (int8).
+        batches: As for :func:`verify_onnx`.
+
+    Returns:
+        Output name -> ``{"max_abs_diff", "mean_cosine", "min_cosine"}``; cosines are taken per real token for
+        token outputs, per row (real tokens only) otherwise, and ignore rows without any real token.
+    """
+    ref_session, cand_session = _session(reference_path), _session(candidate_path)
+    stats: dict[str, dict[str, list[float]]] = {}
+    for batch in batches:
+        inputs = _as_numpy_batch(batch)
+        ref, cand = _run(ref_session, inputs), _run(cand_session, inputs)
+        for name, r in ref.items():
+            s = stats.setdefault(name, {"diff": [], "cos": []})
+            s["diff"].append(float(np.abs(r.astype(np.float64) - cand[name]).max()) if r.size else 0.0)
+            s["cos"].extend(_cosines(r, cand[name], inputs["attention_mask"]).tolist())
+    return {name: {"max_abs_diff": max(s["diff"]),
+                   "mean_cosine": float(np.mean(s["cos"])) if s["cos"] else float("nan"),
+                   "min_cosine": float(np.min(s["cos"])) if s["cos"] else float("nan")}
+            for name, s in stats.items()}
+
+
+def synthetic_batches(model: ModernAlbertPreTrainedModel, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Padded batches of varied shape for checking an export: one without padding, one with an all-pad row, one
+    with ragged lengths; batch sizes and lengths differ from the export example's (2, 8), so the dynamic axes are
+    exercised. Multiple-choice models get (B, C, L) batches."""
+    cfg = model.config
+    rng = np.random.default_rng(seed)
+    cap = cfg.max_position_embeddings
+    plans = [[min(5, cap)], [min(13, cap), 0, min(6, cap)], [min(n, cap) for n in (11, 3, 7, 1)]]
+    choices = 3 if isinstance(model, modeling.ModernAlbertForMultipleChoice) else None
+    batches = []
+    for lengths in plans:
+        rows = lengths * (choices or 1)  # every choice of an example gets the example's length
+        L = max(max(rows), 1)
+        ids = rng.integers(0, cfg.vocab_size, size=(len(rows), L), dtype=np.int64)
+        mask = (np.arange(L)[None, :] < np.asarray(rows)[:, None]).astype(np.int64)  # (B*C, L)
+        ids = np.where(mask == 1, ids, cfg.pad_token_id or 0)
+        if choices:
+            ids = ids.reshape(choices, len(lengths), L).transpose(1, 0, 2).copy()  # (B, C, L)
+            mask = mask.reshape(choices, len(lengths), L).transpose(1, 0, 2).copy()
+        batches.append({"input_ids": ids, "attention_mask": mask})
+    return batches
+
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "OUTPUT_NAMES",
+    "OnnxExportError",
+    "OnnxMismatchError",
+    "compare_onnx",
+    "export_onnx",
+    "output_names",
+    "quantize_int8",
+    "synthetic_batches",
+    "verify_onnx",
+]
