@@ -227,7 +227,7 @@ def test_cli_end_to_end(tmp_path, capsys, texts):
     assert "balance" in printed and len(printed.splitlines()) == 2 + 2 + 2  # header lines, 2 positions, 2 paths
     report = json.loads((out / REPORT_JSON).read_text())
     assert report["summary"]["num_texts"] == len(texts)
-    assert report["summary"]["model_class"] == "ModernAlbertModel"  # loaded through AutoModel
+    assert report["summary"]["model_class"] == "ModernAlbertForMaskedLM"  # loaded as the class it was saved as
     assert all(len(e["tokens"]) <= 4 for e in report["groups"][0]["preferred_tokens"])
     # The same routing as the in-memory model (the checkpoint's encoder weights come back unchanged).
     direct = routing_report(ModernAlbertForMaskedLM.from_pretrained(model_dir), make_tokenizer(), texts,

@@ -171,7 +171,14 @@ def test_cli_exports_int8_and_copies_config_and_tokenizer(tmp_path, capsys):
 def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert main(["export", "onnx", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
     assert "No model folder" in capsys.readouterr().err
-    ModernAlbertForSequenceClassification(small_config(**SHALLOW)).save_pretrained(tmp_path / "cls")
-    assert main(["export", "onnx", str(tmp_path / "cls"), str(tmp_path / "out"), "--pooling", "cls"]) == 2
-    assert "base model only" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_pooling_on_a_head_checkpoint_exports_its_encoder(tmp_path, capsys):
+    ModernAlbertForSequenceClassification(small_config(**SHALLOW)).save_pretrained(tmp_path / "cls")
+    assert main(["export", "onnx", str(tmp_path / "cls"), str(tmp_path / "out"), "--pooling", "cls"]) == 0
+    assert "exporting the encoder" in capsys.readouterr().out
+    import onnx
+
+    outputs = [o.name for o in onnx.load(tmp_path / "out" / "model.onnx").graph.output]
+    assert outputs == ["last_hidden_state", "sentence_embedding"]

@@ -32,12 +32,12 @@ def _load(model_path: str, tokenizer_path: str | None) -> tuple[Any, Any]:
     if not Path(tok_path).is_dir():
         raise FileNotFoundError(f"tokenizer folder not found: {tok_path}")
 
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    import modernalbert  # noqa: F401  (registers the ModernAlbert Auto classes)
+    from ..model.loading import load_pretrained
 
     try:
-        model = AutoModel.from_pretrained(model_path)
+        model = load_pretrained(model_path)  # the saved head class: no "unexpected keys" noise
     except OSError as err:
         raise ValueError(f"could not load a ModernAlbert model from {model_path}: {err}") from err
     try:

@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..model.loading import load_pretrained, load_tokenizer
+    from ..model.modeling import ModernAlbertModel
     from .onnx import (
         OnnxExportError,
         OnnxMismatchError,
@@ -64,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise FileNotFoundError(f"No model folder at {args.input} ({first}).") from err
     tokenizer = load_tokenizer(args.input)
+    if args.pooling and not isinstance(model, ModernAlbertModel):
+        # Sentence embeddings come from the encoder: a head checkpoint (e.g. MaskedLM) exports its encoder.
+        print(f"--pooling {args.pooling}: exporting the encoder of {type(model).__name__} with a sentence embedding")
+        model = model.model
     report: dict[str, dict] = {}
     try:
         fp32 = export_onnx(model, out / "model.onnx", opset=args.opset, pooling=args.pooling)
