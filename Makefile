@@ -19,3 +19,5 @@ lint: setup
 ## make bench: the CPU benchmarks (ratios against baselines measured in the same run)
 bench: setup
 	$(PYTHON) benchmarks/mol_ffn.py
+	$(PYTHON) benchmarks/merge.py
+	$(PYTHON) benchmarks/train_step.py

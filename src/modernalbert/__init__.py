@@ -14,6 +14,7 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
+from .distill import InitReport, init_from_teacher
 from .export import measure_routing, merge_experts
 from .model import (
     PRESETS,
@@ -48,6 +49,7 @@ for _auto, _cls in (
 __all__ = [
     "PRESETS",
     "ConversionReport",
+    "InitReport",
     "ModernAlbertConfig",
     "ModernAlbertForMaskedLM",
     "ModernAlbertForMultipleChoice",
@@ -60,6 +62,7 @@ __all__ = [
     "ParameterCount",
     "__version__",
     "count_parameters",
+    "init_from_teacher",
     "load_modernbert_weights",
     "measure_routing",
     "merge_experts",

@@ -1,6 +1,36 @@
-"""Data: packaged real sources (fetched into a cache, checksummed) and text documents for MLM."""
+"""Data: packaged real sources (fetched into a cache, checksummed), text documents, and pretraining corpora."""
 
+from .corpus import (
+    BlockSampler,
+    CorpusSpec,
+    HFDataset,
+    PackagedText,
+    PackedBlocks,
+    StreamingPackedDataset,
+    TextFiles,
+    corpus_key,
+    pack_texts,
+    tokenizer_fingerprint,
+)
 from .sources import SOURCES, cache_dir, fetch
 from .text import TEXT_SOURCES, Document, load_documents, split_documents
 
-__all__ = ["SOURCES", "TEXT_SOURCES", "Document", "cache_dir", "fetch", "load_documents", "split_documents"]
+__all__ = [
+    "SOURCES",
+    "TEXT_SOURCES",
+    "BlockSampler",
+    "CorpusSpec",
+    "Document",
+    "HFDataset",
+    "PackagedText",
+    "PackedBlocks",
+    "StreamingPackedDataset",
+    "TextFiles",
+    "cache_dir",
+    "corpus_key",
+    "fetch",
+    "load_documents",
+    "pack_texts",
+    "split_documents",
+    "tokenizer_fingerprint",
+]

@@ -1,0 +1,660 @@
+"""Initialise a ModernAlbert student from a larger pretrained Hugging Face encoder (distillation-based init).
+
+:func:`init_from_teacher` builds the student from its config, copies every teacher tensor that has a faithful
+place in it, leaves everything else at the student's own init (``_init_weights``: depth-aware, LoRA ``B = 0`` so
+MoL / RRT / MoA start as no-ops) and returns an :class:`InitReport` naming the source of every loaded student
+tensor, the fresh ones and what was dropped or approximated. The teacher is only read, never modified. The
+student takes the teacher's tokenizer: vocabulary size and special-token ids must match.
+
+Rules shared by every family
+----------------------------
+* **Token embedding** ``W`` (V x d_t). Factorised student (``embedding_size = e``): a truncated SVD
+  ``W = U S V^T`` gives the table ``U_e S_e`` (V x e) and, when the teacher width d_t equals the student width d,
+  the projection ``V_e^T`` (e -> d): ``table @ proj^T`` is the best rank-e approximation of ``W`` (Eckart-Young).
+  When the widths differ the table still comes from the SVD (the teacher's e principal directions) and the
+  projection keeps the student's init. Unfactorised student: ``W`` is copied when d = d_t; when d < d_t the table
+  is ``U_d S_d`` (the teacher's principal axes as the student's basis). ``e`` (or ``d`` unfactorised) larger than
+  ``min(V, d_t)`` is refused: an SVD has no more directions to give.
+* **Groups.** For T teacher layers and K student groups, group g takes the contiguous chunk of teacher layers
+  ``round(g T / K) .. round((g + 1) T / K)`` (at least one layer): ``layer_assignment="pick"`` copies the chunk's
+  first layer, ``"average"`` averages the chunk, tensor by tensor. A tensor whose shape differs from the
+  student's (other width, other FFN width) keeps the student's init and is reported.
+* **Heads.** When the student has another number of heads than the teacher at the same width, Q, K, V and the
+  output projection map unchanged: their rows are regrouped into the student's heads (noted).
+* **MoL / RRT / MoA** experts and routers have no teacher counterpart: fresh, with ``B = 0``.
+* Tied tensors (``decoder.weight``, and ``unembed.weight`` when factorised) follow the tensors they are tied to
+  and are listed neither as loaded nor as fresh.
+
+``mapping="modernbert"`` (``model_type == "modernbert"``)
+---------------------------------------------------------
+When width, heads, FFN width and vocabulary match and the teacher is bias-free, this is
+:func:`modernalbert.model.conversion.load_modernbert_weights`: every tensor maps one to one (fused ``Wqkv``,
+``Wo``, ``Wi`` with its GeGLU input / gate halves in the same order, ``Wo``, all norms, MLM head dense / norm /
+decoder bias), so a student with ``group_depth=1`` and K = T reproduces the teacher's hidden states. When only the
+heads or the FFN width differ, the same names map where shapes allow (heads regrouped; a GeGLU of another width
+keeps the student's init) and teacher biases are dropped. Under ``mapping="auto"`` a ModernBERT teacher of another
+width falls back to ``"generic"``.
+
+``mapping="bert"`` (bert, roberta, xlm-roberta, camembert, electra; MiniLM is a BertModel)
+------------------------------------------------------------------------------------------
+By the Hugging Face module structure (names relative to the base model; group g takes teacher layer(s) j as
+above; T teacher layers):
+
+* ``embeddings.word_embeddings.weight`` -> ``embeddings.tok_embeddings.weight`` (+ ``embeddings.proj.weight``),
+  by the embedding rule above;
+* ``embeddings.LayerNorm.weight`` -> ``embeddings.norm.weight``;
+* ``encoder.layer.{j}.attention.self.{query,key,value}.weight`` -> ``groups.{g}.attn.Wqkv.weight``, stacked as
+  rows ``[q; k; v]``;
+* ``encoder.layer.{j}.attention.output.dense.weight`` -> ``groups.{g}.attn.Wo.weight``;
+* ``encoder.layer.{j}.attention.output.LayerNorm.weight`` -> ``groups.{g}.mlp_norm.weight``;
+* the LayerNorm whose output is layer j's attention input, ``encoder.layer.{j-1}.output.LayerNorm.weight``
+  (``embeddings.LayerNorm.weight`` for j = 0) -> ``groups.{g}.attn_norm.weight`` (where the block has one);
+* ``encoder.layer.{T-1}.output.LayerNorm.weight`` -> ``final_norm.weight``;
+* MLM head, for a MaskedLM student and a teacher that has one: transform dense weight -> ``head.dense.weight``,
+  transform LayerNorm weight -> ``head.norm.weight``, decoder bias -> ``decoder.bias`` (BERT
+  ``cls.predictions.{transform.dense, transform.LayerNorm, bias}``, RoBERTa ``lm_head.{dense, layer_norm, bias}``,
+  ELECTRA ``generator_predictions.{dense, LayerNorm}`` and ``generator_lm_head.bias``). A teacher without one
+  (MiniLM, any ``BertModel``) leaves the student's head fresh.
+
+What does not map, and what is done instead:
+
+* **Post-LN -> pre-LN (approximation).** BERT normalises the residual stream after each sublayer
+  (``LN(x + Attn(x))``, ``LN(x + FFN(x))``); the student normalises each sublayer's *input* and keeps an
+  unnormalised residual stream. Each teacher LayerNorm goes to the student norm that plays its role for the next
+  sublayer's input (list above: the attention-output LN feeds the FFN, so it becomes ``mlp_norm``; the output LN
+  feeds the next layer's attention, so it becomes that layer's ``attn_norm``, and the last one ``final_norm``).
+  The gains are the teacher's, but they now normalise an unnormalised residual stream: hidden states differ from
+  the teacher's until distillation adapts them.
+* **GELU MLP -> GeGLU: fresh.** The teacher's FFN is ``W2 gelu(W1 x + b1) + b2``; the student's is
+  ``Wo (gelu(x Wi_in) * x Wi_gate)``, bias-free, on a LayerNorm output. Copying the teacher's ``W1`` into the input half
+  would reproduce the MLP only with a gate that is constantly 1, and none exists: a bias-free LayerNorm is odd
+  (``LN(-x) = -LN(x)``), so a bias-free linear gate takes opposite values on ``x`` and ``-x``. There is no exact
+  copy, and ``W1`` in one half with a random other half would be no better founded than the student's init.
+  ``mlp.Wi`` / ``mlp.Wo`` keep the student's init; its depth-aware output std keeps the FFN branch small at the
+  start, so the mapped attention path dominates until distillation trains the FFN.
+* **Positions.** ``position_embeddings`` are dropped (the student uses RoPE, which rotates the mapped Q and K,
+  so attention scores differ from the teacher's); ``token_type_embeddings`` are dropped (no segments).
+* **Biases** are dropped (the student is bias-free): Q/K/V/output, LayerNorm biases, MLM transform bias, and
+  the FFN's together with it. The decoder bias maps.
+* ELECTRA with ``embedding_size != hidden_size``: ``embeddings_project`` is dropped, the embedding LayerNorm (over
+  the embedding width) and the projection keep the student's init, and layer 0's ``attn_norm`` source is absent.
+* The pooler, unused teacher layers (``pick``) and an untied teacher decoder weight are dropped.
+
+``mapping="generic"`` (any other encoder that ``AutoModel`` loads)
+------------------------------------------------------------------
+Only the token embedding maps (from ``teacher.get_input_embeddings()``, as above); everything else keeps the
+student's init. ``mapping="auto"`` picks by ``teacher.config.model_type``; an explicit family is refused with a
+``ValueError`` when the teacher's module structure does not fit it. Decoders (``is_decoder``, causal LMs) and
+encoder-decoder models are refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..model.configuration import ModernAlbertConfig
+from ..model.conversion import ConversionReport, _chunks, load_modernbert_weights
+from ..model.modeling import ModernAlbertForMaskedLM, ModernAlbertModel, ModernAlbertPreTrainedModel
+
+MAPPINGS = ("auto", "modernbert", "bert", "generic")
+LAYER_ASSIGNMENTS = ("pick", "average")
+# model_types mapped as BERT under mapping="auto": post-LN encoders with BERT's module names.
+BERT_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra"})
+# Special-token ids that must agree between teacher and student (when the teacher's config sets them).
+_TOKEN_IDS = ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id")
+# BERT-family MaskedLM heads: (transform dense, transform LayerNorm, decoder bias, decoder weight).
+_BERT_HEADS = (
+    ("cls.predictions.transform.dense.weight", "cls.predictions.transform.LayerNorm.weight",
+     "cls.predictions.bias", "cls.predictions.decoder.weight"),
+    ("lm_head.dense.weight", "lm_head.layer_norm.weight", "lm_head.bias", "lm_head.decoder.weight"),
+    ("generator_predictions.dense.weight", "generator_predictions.LayerNorm.weight", "generator_lm_head.bias",
+     "generator_lm_head.weight"),
+)
+_MODERNBERT_BLOCK = ("attn_norm.weight", "attn.Wqkv.weight", "attn.Wo.weight", "mlp_norm.weight", "mlp.Wi.weight",
+                     "mlp.Wo.weight")
+
+
+@dataclass
+class InitReport(ConversionReport):
+    """What :func:`init_from_teacher` did.
+
+    Attributes:
+        loaded: Student tensor name -> description of its teacher source (names relative to the teacher's base
+            model, head names relative to the teacher), in the student's state-dict order.
+        fresh: Student tensors that keep the student's own init (tied tensors are in neither list).
+        notes: What was dropped, approximated or regrouped, in words.
+        family: The mapping used: ``"modernbert"``, ``"bert"`` or ``"generic"``.
+    """
+
+    family: str = "generic"
+
+    def __str__(self) -> str:
+        lines = [f"init from a {self.family} teacher: {len(self.loaded)} tensors loaded, "
+                 f"{len(self.fresh)} freshly initialised"]
+        lines += [f"  loaded: {name} <- {source}" for name, source in self.loaded.items()]
+        lines += [f"  fresh:  {name}" for name in self.fresh]
+        lines += [f"  note:   {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+@dataclass
+class _Source:
+    tensor: torch.Tensor
+    name: str
+
+
+@dataclass
+class _Plan:
+    """A family's reading of the teacher: where each student tensor would come from."""
+
+    family: str
+    table: _Source  # token embedding (V, d_t)
+    embedding_norm: _Source | None = None
+    final_norm: _Source | None = None
+    layers: list[dict[str, _Source]] = field(default_factory=list)  # per teacher layer: block sub-key -> source
+    head: dict[str, _Source] = field(default_factory=dict)  # MaskedLM head key -> source
+    notes: list[str] = field(default_factory=list)
+
+
+# ================================================================================================ teacher input
+
+
+def _looks_like_local_path(source: str | os.PathLike) -> bool:
+    # A hub name is "name" or "org/name"; anything else that is not on disk was meant as a local folder.
+    if isinstance(source, os.PathLike):
+        return True
+    s = str(source)
+    return s.startswith(("/", ".", "~")) or "\\" in s or s.count("/") > 1 or os.path.isabs(s)
+
+
+def _not_encoder_reason(tcfg) -> str | None:
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    model_type = getattr(tcfg, "model_type", None)
+    if getattr(tcfg, "is_encoder_decoder", False):
+        return "is an encoder-decoder model"
+    if getattr(tcfg, "is_decoder", False):
+        return "is configured as a decoder (is_decoder=True)"
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "is a causal (decoder-only) language model"
+    return None
+
+
+def _refuse_non_encoder(name: str, tcfg, reason: str) -> None:
+    raise ValueError(
+        f"init_from_teacher needs an encoder teacher (bidirectional, like BERT or ModernBERT); {name} "
+        f"(model_type={getattr(tcfg, 'model_type', None)!r}) {reason}."
+    )
+
+
+def _load_teacher(source: str | os.PathLike) -> nn.Module:
+    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+
+    path = Path(source).expanduser()
+    if not path.exists() and _looks_like_local_path(source):
+        raise FileNotFoundError(f"Teacher checkpoint folder {str(source)!r} does not exist.")
+    where = str(path) if path.exists() else str(source)
+    tcfg = AutoConfig.from_pretrained(where)
+    reason = _not_encoder_reason(tcfg)
+    if reason:  # refuse before reading any weights
+        _refuse_non_encoder(where, tcfg, reason)
+    # Keep the MLM head when the checkpoint has one: it initialises the student's head too.
+    archs = getattr(tcfg, "architectures", None) or []
+    has_head = any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in archs)
+    return (AutoModelForMaskedLM if has_head else AutoModel).from_pretrained(where).eval()
+
+
+def _check_encoder(teacher: nn.Module) -> None:
+    from transformers.generation import GenerationMixin
+
+    tcfg = getattr(teacher, "config", None)
+    if tcfg is None:
+        raise TypeError(
+            f"The teacher must be a Hugging Face model (with a .config) or a checkpoint path, got "
+            f"{type(teacher).__name__}."
+        )
+    reason = _not_encoder_reason(tcfg)
+    if reason is None and isinstance(teacher, GenerationMixin):
+        reason = "is a generative (causal LM) model"
+    if reason:
+        _refuse_non_encoder(type(teacher).__name__, tcfg, reason)
+
+
+def _input_embedding(teacher: nn.Module) -> tuple[torch.Tensor, str]:
+    """The teacher's token embedding (V, d_t) and its parameter name."""
+    try:
+        emb = teacher.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        emb = None
+    weight = getattr(emb, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise ValueError(
+            f"{type(teacher).__name__} has no token embedding (get_input_embeddings()); init_from_teacher needs a "
+            "text encoder."
+        )
+    name = next((n for n, p in teacher.named_parameters() if p is weight), "get_input_embeddings().weight")
+    return weight, name
+
+
+def _check_vocabulary(teacher: nn.Module, config: ModernAlbertConfig) -> None:
+    tcfg = teacher.config
+    rows = _input_embedding(teacher)[0].shape[0]
+    wanted = {"vocab_size": rows}
+    wanted.update({k: getattr(tcfg, k, None) for k in _TOKEN_IDS if getattr(tcfg, k, None) is not None})
+    problems = [f"{k} = {v} in the teacher, {getattr(config, k)} in the student" for k, v in wanted.items()
+                if getattr(config, k) != v]
+    if problems:
+        fix = ", ".join(f"{k}={v}" for k, v in wanted.items())
+        raise ValueError(
+            "The student must use the teacher's tokenizer and vocabulary, but " + "; ".join(problems) + ". Build "
+            f"the student config with {fix} (e.g. ModernAlbertConfig.from_preset(name, {fix}))."
+        )
+
+
+# ============================================================================================== family choice
+
+
+def _base(teacher: nn.Module) -> nn.Module:
+    return getattr(teacher, "base_model", teacher)
+
+
+def _layer_count(keys, pattern: str) -> int:
+    return len({m.group(1) for k in keys if (m := re.fullmatch(pattern, k))})
+
+
+def _fits_modernbert(teacher: nn.Module) -> bool:
+    keys = set(_base(teacher).state_dict())
+    return {"embeddings.tok_embeddings.weight", "layers.0.attn.Wqkv.weight", "final_norm.weight"} <= keys
+
+
+def _fits_bert(teacher: nn.Module) -> bool:
+    keys = set(_base(teacher).state_dict())
+    T = _layer_count(keys, r"encoder\.layer\.(\d+)\.attention\.self\.query\.weight")
+    if T == 0 or "embeddings.word_embeddings.weight" not in keys:
+        return False
+    need = ("attention.self.key.weight", "attention.self.value.weight", "attention.output.dense.weight",
+            "attention.output.LayerNorm.weight", "output.LayerNorm.weight")
+    return all(f"encoder.layer.{j}.{n}" in keys for j in range(T) for n in need)
+
+
+def _choose_family(teacher: nn.Module, config: ModernAlbertConfig, mapping: str) -> tuple[str, list[str]]:
+    tcfg = teacher.config
+    model_type = getattr(tcfg, "model_type", None)
+    if mapping == "auto":
+        if model_type == "modernbert" and _fits_modernbert(teacher):
+            if getattr(tcfg, "hidden_size", None) == config.hidden_size:
+                return "modernbert", []
+            return "generic", [
+                f"ModernBERT teacher of width {tcfg.hidden_size} and a student of width {config.hidden_size}: no "
+                "block tensor fits, so only the token embedding maps (generic mapping)"
+            ]
+        if model_type in BERT_MODEL_TYPES and _fits_bert(teacher):
+            return "bert", []
+        return "generic", []
+    fits = {"modernbert": _fits_modernbert, "bert": _fits_bert}.get(mapping)
+    if fits is not None and not fits(teacher):
+        raise ValueError(
+            f"mapping={mapping!r} does not fit {type(teacher).__name__} (model_type={model_type!r}): its modules "
+            f"are not laid out like a {mapping} encoder. Use mapping='auto' or mapping='generic' (token embedding "
+            "only)."
+        )
+    return mapping, []
+
+
+# ================================================================================================ family plans
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu", torch.float32)
+
+
+def _layer_pattern(key: str) -> str:
+    return re.sub(r"\.\d+\.", ".*.", key)
+
+
+def _dropped_bias_note(teacher: nn.Module, used: set[str], base_prefix: str) -> str | None:
+    """One note naming every teacher bias that no student tensor takes (layer indices as ``*``); names relative
+    to the base model like the report's sources."""
+    sd = teacher.state_dict()
+    # Tied duplicates (e.g. cls.predictions.decoder.bias is cls.predictions.bias) count as used with their twin.
+    used_ptrs = {sd[k].data_ptr() for k in used if k in sd}
+    dropped = sorted({_layer_pattern(k.removeprefix(base_prefix)) for k, v in sd.items()
+                      if k.endswith("bias") and k not in used and v.data_ptr() not in used_ptrs})
+    if not dropped:
+        return None
+    return "biases dropped (the student is bias-free): " + ", ".join(dropped)
+
+
+def _bert_plan(teacher: nn.Module, config: ModernAlbertConfig) -> _Plan:
+    base, tcfg = _base(teacher), teacher.config
+    sd = base.state_dict()
+    full = teacher.state_dict()
+    base_prefix = next((k[: -len("embeddings.word_embeddings.weight")] for k in full
+                        if k.endswith("embeddings.word_embeddings.weight")), "")
+
+    def src(key: str) -> _Source:
+        return _Source(_f32(sd[key]), key)
+
+    T = _layer_count(sd, r"encoder\.layer\.(\d+)\.attention\.self\.query\.weight")
+    project = "embeddings_project.weight" in sd  # ELECTRA with embedding_size != hidden_size
+    layers = []
+    for j in range(T):
+        p = f"encoder.layer.{j}."
+        qkv = torch.cat([_f32(sd[f"{p}attention.self.{n}.weight"]) for n in ("query", "key", "value")])  # (3d, d)
+        block = {
+            "attn.Wqkv.weight": _Source(qkv, f"{p}attention.self.{{query,key,value}}.weight (rows q; k; v)"),
+            "attn.Wo.weight": src(f"{p}attention.output.dense.weight"),
+            "mlp_norm.weight": src(f"{p}attention.output.LayerNorm.weight"),
+        }
+        # The LayerNorm whose output is layer j's attention input (post-LN): the previous layer's output LN.
+        if j > 0:
+            block["attn_norm.weight"] = src(f"encoder.layer.{j - 1}.output.LayerNorm.weight")
+        elif not project:
+            block["attn_norm.weight"] = src("embeddings.LayerNorm.weight")
+        layers.append(block)
+
+    plan = _Plan(
+        family="bert",
+        table=src("embeddings.word_embeddings.weight"),
+        embedding_norm=None if project else src("embeddings.LayerNorm.weight"),
+        final_norm=src(f"encoder.layer.{T - 1}.output.LayerNorm.weight"),
+        layers=layers,
+    )
+    used = {base_prefix + s.name for s in (plan.table, plan.embedding_norm, plan.final_norm) if s is not None}
+    used |= {base_prefix + s.name for block in layers for s in block.values()}
+
+    for dense, norm, bias, decoder in _BERT_HEADS:
+        if dense in full:
+            plan.head = {"head.dense.weight": _Source(_f32(full[dense]), dense),
+                         "head.norm.weight": _Source(_f32(full[norm]), norm)}
+            if bias in full:
+                plan.head["decoder.bias"] = _Source(_f32(full[bias]), bias)
+            used |= {dense, norm, bias}
+            if decoder in full and not torch.equal(full[decoder], full[base_prefix + plan.table.name]):
+                plan.notes.append(f"the teacher's decoder weight {decoder} is not tied to its token embedding; the "
+                                  "student's decoder is tied to its own, so it is dropped")
+            act = getattr(tcfg, "hidden_act", None)
+            if isinstance(act, str) and act != config.classifier_activation:
+                plan.notes.append(f"the teacher's MLM transform uses {act!r}, the student's head "
+                                  f"{config.classifier_activation!r}")
+            break
+
+    n = plan.notes
+    n.append(f"{tcfg.model_type} teacher ({type(teacher).__name__}, post-LN, absolute positions, biases) mapped to "
+             "the pre-LN, RoPE, bias-free student: see modernalbert.distill.init for the rules")
+    n.append("post-LN -> pre-LN is an approximation: encoder.layer.j.attention.output.LayerNorm -> mlp_norm of the "
+             "group taking layer j; the LayerNorm feeding layer j's attention (encoder.layer.{j-1}.output.LayerNorm, "
+             "embeddings.LayerNorm for j = 0) -> its attn_norm; the last output.LayerNorm -> final_norm. The "
+             "residual stream is no longer normalised after each sublayer, so hidden states differ")
+    n.append("FFN: the teacher's GELU MLP (intermediate.dense, output.dense) has no exact GeGLU equivalent (a "
+             "bias-free linear gate on a LayerNorm output cannot be constantly 1), so mlp.Wi / mlp.Wo keep the "
+             "student's init")
+    dropped = [k for k in ("embeddings.position_embeddings.weight", "embeddings.token_type_embeddings.weight")
+               if k in sd]
+    if dropped:
+        n.append(f"{' and '.join(dropped)} dropped: the student uses RoPE (which rotates the mapped Q and K, so "
+                 "attention scores differ) and has no segment embedding")
+    if project:
+        n.append("embeddings_project dropped (teacher embedding width "
+                 f"{sd['embeddings.word_embeddings.weight'].shape[1]} != hidden {tcfg.hidden_size}): embeddings.norm "
+                 "and layer 0's attention norm have no source")
+    if any(k.startswith("pooler.") for k in sd):
+        n.append("pooler dropped")
+    bias_note = _dropped_bias_note(teacher, used, base_prefix)
+    if bias_note:
+        n.append(bias_note)
+    return plan
+
+
+def _activation_notes(tcfg, config: ModernAlbertConfig) -> list[str]:
+    act = getattr(tcfg, "hidden_activation", config.hidden_activation)
+    if act == config.hidden_activation:
+        return []
+    return [f"the teacher's GeGLU uses {act!r}, the student's {config.hidden_activation!r}: same weights, another "
+            "function"]
+
+
+def _modernbert_plan(teacher: nn.Module, config: ModernAlbertConfig) -> _Plan:
+    base, tcfg = _base(teacher), teacher.config
+    sd = base.state_dict()
+    full = teacher.state_dict()
+    base_prefix = next((k[: -len("embeddings.tok_embeddings.weight")] for k in full
+                        if k.endswith("embeddings.tok_embeddings.weight")), "")
+
+    def src(key: str) -> _Source:
+        return _Source(_f32(sd[key]), key)
+
+    T = _layer_count(sd, r"layers\.(\d+)\.attn\.Wqkv\.weight")
+    layers = [{sub: src(f"layers.{j}.{sub}") for sub in _MODERNBERT_BLOCK if f"layers.{j}.{sub}" in sd}
+              for j in range(T)]
+    plan = _Plan(family="modernbert", table=src("embeddings.tok_embeddings.weight"),
+                 embedding_norm=src("embeddings.norm.weight"), final_norm=src("final_norm.weight"), layers=layers)
+    used = {base_prefix + s.name for s in (plan.table, plan.embedding_norm, plan.final_norm)}
+    used |= {base_prefix + s.name for block in layers for s in block.values()}
+    if "head.dense.weight" in full:
+        plan.head = {k: _Source(_f32(full[k]), k) for k in ("head.dense.weight", "head.norm.weight", "decoder.bias")
+                     if k in full}
+        used |= set(plan.head)
+    local = [i for i, t in enumerate(getattr(tcfg, "layer_types", None) or []) if t == "sliding_attention"]
+    if local:
+        plan.notes.append(f"teacher layers {local} use sliding-window attention; the student attends globally")
+    plan.notes += _activation_notes(tcfg, config)
+    bias_note = _dropped_bias_note(teacher, used, base_prefix)
+    if bias_note:
+        plan.notes.append(bias_note)
+    return plan
+
+
+def _generic_plan(teacher: nn.Module, config: ModernAlbertConfig) -> _Plan:
+    weight, name = _input_embedding(teacher)
+    return _Plan(family="generic", table=_Source(_f32(weight), name), notes=[
+        f"generic mapping ({getattr(teacher.config, 'model_type', None)} teacher, {type(teacher).__name__}): only "
+        "the token embedding maps; blocks, norms and heads keep the student's init"
+    ])
+
+
+_PLANS = {"modernbert": _modernbert_plan, "bert": _bert_plan, "generic": _generic_plan}
+
+
+# ===================================================================================================== applying
+
+
+def _exact_modernbert(teacher: nn.Module, config: ModernAlbertConfig) -> bool:
+    """True when load_modernbert_weights maps everything (same shapes, bias-free teacher)."""
+    tcfg = teacher.config
+    same = all(getattr(tcfg, k, None) == getattr(config, k)
+               for k in ("hidden_size", "intermediate_size", "num_attention_heads", "vocab_size"))
+    biased = any(getattr(tcfg, k, False) for k in ("attention_bias", "mlp_bias", "norm_bias", "classifier_bias"))
+    return same and not biased
+
+
+@torch.no_grad()
+def _apply(model: ModernAlbertPreTrainedModel, plan: _Plan, layer_assignment: str) -> InitReport:
+    cfg = model.config
+    base: ModernAlbertModel = model if isinstance(model, ModernAlbertModel) else model.model
+    prefix = "" if base is model else "model."
+    own = model.state_dict()
+    report = InitReport(family=plan.family, notes=list(plan.notes))
+    new: dict[str, torch.Tensor] = {}
+    mismatched: dict[str, str] = {}
+
+    def put(key: str, tensor: torch.Tensor, source: str) -> None:
+        if tuple(tensor.shape) != tuple(own[key].shape):
+            # One note per tensor kind: every group of a narrower student mismatches alike.
+            mismatched.setdefault(re.sub(r"groups\.\d+\.", "groups.*.", key),
+                                  f"teacher {tuple(tensor.shape)} vs student {tuple(own[key].shape)}")
+            return
+        new[key] = tensor
+        report.loaded[key] = source
+
+    # Token embedding.
+    table, d, e = plan.table.tensor, cfg.hidden_size, cfg.embedding_size  # table: (V, d_t)
+    V, d_t = table.shape
+    width = d if e is None else e
+    if width > min(V, d_t):
+        raise ValueError(
+            f"The student's token embedding width {width} exceeds the rank bound min(V, d_t) = {min(V, d_t)} of the "
+            f"teacher's {plan.table.name}: set embedding_size <= {min(V, d_t)}."
+        )
+    if e is None and d == d_t:
+        put(prefix + "embeddings.tok_embeddings.weight", table, plan.table.name)
+    else:
+        U, S, Vh = torch.linalg.svd(table, full_matrices=False)  # (V, d_t), (d_t,), (d_t, d_t)
+        put(prefix + "embeddings.tok_embeddings.weight", U[:, :width] * S[:width],  # (V, width)
+            f"truncated SVD (rank {width}) of {plan.table.name}: U_k S_k")
+        if e is not None and d == d_t:
+            put(prefix + "embeddings.proj.weight", Vh[:e].T.contiguous(),  # (d, e): maps e -> d
+                f"truncated SVD (rank {e}) of {plan.table.name}: V_k^T")
+        elif e is not None:
+            report.notes.append(f"teacher width {d_t} != student width {d}: the factorised table comes from the SVD, "
+                                "embeddings.proj keeps the student's init")
+        else:
+            report.notes.append(f"student width {d} < teacher width {d_t}: the token table is the teacher's rank-{d} "
+                                "truncated SVD U_d S_d (its principal axes as the student's basis)")
+        kept = float((S[:width] ** 2).sum() / (S**2).sum())
+        report.notes.append(f"the rank-{width} embedding keeps {kept:.1%} of the teacher embedding's energy")
+
+    for key, source in (("embeddings.norm.weight", plan.embedding_norm), ("final_norm.weight", plan.final_norm)):
+        if source is not None:
+            put(prefix + key, source.tensor, source.name)
+
+    # Blocks: contiguous teacher chunks per group.
+    T = len(plan.layers)
+    if T:
+        chunks = _chunks(T, cfg.num_hidden_groups)
+        for g, chunk in enumerate(chunks):
+            src = chunk[:1] if layer_assignment == "pick" else chunk
+            for sub in dict.fromkeys(s for block in plan.layers for s in block):
+                key = f"{prefix}groups.{g}.{sub}"
+                if key not in own:
+                    continue  # group 0 with G = 1 has no attention norm
+                have = [plan.layers[j][sub] for j in src if sub in plan.layers[j]]
+                if not have:
+                    report.notes.append(f"{key}: teacher layer(s) {src} have no source for it; left at its init")
+                    continue
+                if len({tuple(s.tensor.shape) for s in have}) > 1:
+                    report.notes.append(f"{key}: chunk tensors differ in shape; left at its init")
+                    continue
+                tensor = torch.stack([s.tensor for s in have]).mean(0)
+                put(key, tensor, " + ".join(s.name for s in have) + (" (mean)" if len(have) > 1 else ""))
+        unused = sorted(set(range(T)) - {j for c in chunks for j in (c[:1] if layer_assignment == "pick" else c)})
+        if unused:
+            report.notes.append(f"teacher layers {unused} are not used (layer_assignment={layer_assignment!r})")
+
+    # MaskedLM head.
+    if isinstance(model, ModernAlbertForMaskedLM):
+        if plan.head:
+            for key, source in plan.head.items():
+                put(key, source.tensor, source.name)
+        elif plan.family != "generic":
+            report.notes.append("the teacher has no MLM head: head.dense, head.norm and decoder.bias keep the "
+                                "student's init")
+
+    for key, shapes in mismatched.items():
+        report.notes.append(f"{key}: shapes differ ({shapes}); left at its init")
+    for key, tensor in new.items():
+        own[key].copy_(tensor.to(own[key].dtype))
+    return report
+
+
+def _finish(model: nn.Module, report: InitReport) -> InitReport:
+    """Order ``loaded`` by the student's state dict and list every other untied tensor as fresh."""
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    names = list(model.state_dict())
+    report.loaded = {k: report.loaded[k] for k in names if k in report.loaded}
+    report.fresh = [k for k in names if k not in report.loaded and k not in tied]
+    return report
+
+
+# ===================================================================================================== entry point
+
+
+def init_from_teacher(
+    teacher: nn.Module | str | os.PathLike,
+    config: ModernAlbertConfig,
+    *,
+    mapping: Literal["auto", "modernbert", "bert", "generic"] = "auto",
+    layer_assignment: Literal["pick", "average"] = "pick",
+    head_class: type[ModernAlbertPreTrainedModel] = ModernAlbertForMaskedLM,
+) -> tuple[ModernAlbertPreTrainedModel, InitReport]:
+    """Build a ModernAlbert student and initialise it from a pretrained Hugging Face encoder.
+
+    The mapping per teacher family (what loads, what stays fresh, what is approximated) is documented in
+    :mod:`modernalbert.distill.init`. The teacher is only read.
+
+    Args:
+        teacher: A Hugging Face encoder (base or MaskedLM model), or a local checkpoint folder / hub name (loaded
+            with ``AutoModelForMaskedLM`` when its architecture has an MLM head, else ``AutoModel``).
+        config: The student's config. Its vocabulary (``vocab_size`` and the pad / cls / sep / mask ids the
+            teacher's config sets) must be the teacher's.
+        mapping: ``"auto"`` (by ``teacher.config.model_type``), or force ``"modernbert"``, ``"bert"`` (BERT,
+            RoBERTa, XLM-R, ELECTRA, MiniLM: by module structure) or ``"generic"`` (token embedding only).
+        layer_assignment: ``"pick"`` (first teacher layer of each group's contiguous chunk) or ``"average"``
+            (mean over the chunk).
+        head_class: The student class to build (``ModernAlbertForMaskedLM``, ``ModernAlbertModel`` or a
+            classifier class); the MLM head is mapped only for ``ModernAlbertForMaskedLM``.
+
+    Returns:
+        ``(model, report)``: the initialised student and an :class:`InitReport`.
+
+    Raises:
+        FileNotFoundError: ``teacher`` names a local folder that does not exist.
+        ValueError: Unknown ``mapping`` / ``layer_assignment``; a teacher that is not an encoder; a vocabulary
+            mismatch; an explicit ``mapping`` the teacher's structure does not fit; an embedding width larger than
+            the teacher's embedding rank.
+        TypeError: ``config``, ``head_class`` or ``teacher`` of the wrong kind.
+
+    Example:
+        >>> from transformers import BertConfig, BertModel
+        >>> from modernalbert import ModernAlbertConfig, init_from_teacher
+        >>> teacher = BertModel(BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=4,
+        ...                                num_attention_heads=4, intermediate_size=128))
+        >>> student, report = init_from_teacher(teacher, ModernAlbertConfig.from_preset("test"))
+        >>> report.family, "model.groups.0.mlp.Wi.weight" in report.fresh
+        ('bert', True)
+    """
+    if mapping not in MAPPINGS:
+        raise ValueError(f"mapping={mapping!r} is invalid: use one of {list(MAPPINGS)}.")
+    if layer_assignment not in LAYER_ASSIGNMENTS:
+        raise ValueError(f"layer_assignment={layer_assignment!r} is invalid: use one of {list(LAYER_ASSIGNMENTS)}.")
+    if not isinstance(config, ModernAlbertConfig):
+        raise TypeError(f"config must be a ModernAlbertConfig, got {type(config).__name__}.")
+    if not (isinstance(head_class, type) and issubclass(head_class, ModernAlbertPreTrainedModel)):
+        raise TypeError(f"head_class must be a ModernAlbert model class, got {head_class!r}.")
+    if isinstance(teacher, (str, os.PathLike)):
+        teacher = _load_teacher(teacher)
+    elif not isinstance(teacher, nn.Module):
+        raise TypeError(f"teacher must be an nn.Module or a checkpoint path, got {type(teacher).__name__}.")
+    _check_encoder(teacher)
+    _check_vocabulary(teacher, config)
+    family, notes = _choose_family(teacher, config, mapping)
+
+    model = head_class(config)
+    if family == "modernbert" and _exact_modernbert(teacher, config):
+        done = load_modernbert_weights(model, teacher, layer_assignment=layer_assignment)
+        report = InitReport(loaded=done.loaded, fresh=done.fresh, notes=done.notes + _activation_notes(
+            teacher.config, config), family="modernbert")
+    else:
+        report = _apply(model, _PLANS[family](teacher, config), layer_assignment)
+    heads = getattr(teacher.config, "num_attention_heads", None)
+    if family != "generic" and heads is not None and heads != config.num_attention_heads and any(
+            k.endswith("attn.Wqkv.weight") for k in report.loaded):
+        report.notes.append(
+            f"the student has {config.num_attention_heads} heads, the teacher {heads}: Q/K/V/O map unchanged and "
+            f"their rows are regrouped into heads of size {config.head_dim}"
+        )
+    report.notes[:0] = notes
+    return model, _finish(model, report)
+
+
+__all__ = ["LAYER_ASSIGNMENTS", "MAPPINGS", "InitReport", "init_from_teacher"]

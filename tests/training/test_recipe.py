@@ -1,0 +1,65 @@
+"""Recipes, schedule and optimiser groups."""
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+from modernalbert import ModernAlbertForMaskedLM
+from modernalbert.training.recipe import OptimSection, Recipe
+from modernalbert.training.trainer import param_groups, wsd_lambda
+from tests.conftest import small_config
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in RECIPES.glob("*.yaml")))
+def test_shipped_recipes_load(name):
+    recipe = Recipe.load(RECIPES / name)
+    assert recipe.train.steps > 0 and recipe.to_dict()["model"]["preset"]
+
+
+def test_overrides_and_unknown_keys(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("train:\n  steps: 10\nmodel:\n  preset: test\n")
+    r = Recipe.load(path, ["train.steps=20", "optim.lr=5e-4", "output_dir=runs/x", "distill.hidden_weight=0"])
+    assert (r.train.steps, r.optim.lr, r.output_dir, r.distill.hidden_weight) == (20, 5e-4, "runs/x", 0)
+    with pytest.raises(ValueError, match=r"Unknown key\(s\) \['stepz'\] in recipe section 'train'"):
+        Recipe.load(path, ["train.stepz=3"])
+    with pytest.raises(ValueError, match="Unknown recipe key"):
+        Recipe.load(path, ["trian.steps=3"])
+    with pytest.raises(ValueError, match="Unknown distill option"):
+        Recipe.load(path, ["distill.hiden_weight=3"])
+    with pytest.raises(ValueError, match=r"section.key=value"):
+        Recipe.load(path, ["train.steps"])
+    with pytest.raises(ValueError, match=r"train.precision"):
+        Recipe.load(path, ["train.precision=fp16"])
+    with pytest.raises(ValueError, match=r"data.block_size"):
+        Recipe.load(path, ["data.block_size=2"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Recipe.load(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        Recipe.load(bad)
+
+
+def test_warmup_stable_decay():
+    f = wsd_lambda(OptimSection(warmup_steps=10, decay_steps=20, min_lr_ratio=0.1), total_steps=100)
+    values = [f(s) for s in range(100)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert all(v == 1.0 for v in values[10:80])
+    assert values[80] == pytest.approx(1.0) and values[99] == pytest.approx(0.1 + 0.9 / 20)
+    assert all(a >= b for a, b in itertools.pairwise(values[80:]))
+
+
+def test_no_weight_decay_on_norms_biases_and_embeddings():
+    model = ModernAlbertForMaskedLM(small_config())
+    decay, no_decay = param_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all("norm" in names[id(p)] or "embeddings" in names[id(p)] or p.ndim < 2 for p in no_decay["params"])
+    assert any("tok_embeddings" in names[id(p)] for p in no_decay["params"])
+    assert all(p.ndim >= 2 and "embeddings" not in names[id(p)] for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert torch.optim.AdamW([decay, no_decay])
