@@ -119,7 +119,12 @@ def test_padding_and_batch_size_do_not_change_the_report(tmp_path, tokenizer, te
             assert a["expert_usage"] == pytest.approx(b["expert_usage"], abs=1e-12)
             assert a["mean_router_prob"] == pytest.approx(b["mean_router_prob"], abs=1e-5)
             assert a["router_entropy"] == pytest.approx(b["router_entropy"], abs=1e-5)
-        assert rep["groups"][0]["preferred_tokens"] == pytest.approx(ref["groups"][0]["preferred_tokens"])
+        for got, want in zip(rep["groups"][0]["preferred_tokens"], ref["groups"][0]["preferred_tokens"],
+                             strict=True):
+            assert got["expert"] == want["expert"]
+            pairs = [[(t["token"], t["count"]) for t in side["tokens"]] for side in (got, want)]
+            assert pairs[0] == pairs[1]
+            assert [t["share"] for t in got["tokens"]] == pytest.approx([t["share"] for t in want["tokens"]])
 
 
 def test_preferred_tokens_agree_with_counts_and_routing(tmp_path, tokenizer, texts):
