@@ -105,11 +105,16 @@ def test_two_processes_give_the_single_process_gradients(setup, tmp_path):
     run(setup, tmp_path / "single", *common, "train.batch_size=4", "--grads", str(tmp_path / "g1.safetensors"))
     run(setup, tmp_path / "ddp", *common, "train.batch_size=2", "--grads", str(tmp_path / "g2.safetensors"),
         torchrun=2)
+    # Gradient accumulation: two micro-batches of 2 in one process give the same step as well.
+    run(setup, tmp_path / "accum", *common, "train.batch_size=2", "train.grad_accum=2", "--grads",
+        str(tmp_path / "g3.safetensors"))
     g1, g2 = load_file(str(tmp_path / "g1.safetensors")), load_file(str(tmp_path / "g2.safetensors"))
-    assert g1.keys() == g2.keys() and len(g1) > 10
+    g3 = load_file(str(tmp_path / "g3.safetensors"))
+    assert g1.keys() == g2.keys() == g3.keys() and len(g1) > 10
     assert any("lora_B1" in k for k in g1) and any("router" in k for k in g1)
     for k in g1:
         torch.testing.assert_close(g2[k], g1[k], rtol=0, atol=1e-5, msg=k)
+        torch.testing.assert_close(g3[k], g1[k], rtol=0, atol=1e-5, msg=k)
 
 
 def _recipe(setup, tmp_path, **changes):

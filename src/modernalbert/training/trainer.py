@@ -12,9 +12,10 @@ Commands (the recipe is a YAML file; any key can be overridden as ``section.key=
     # torchrun works the same way
     torchrun --nproc_per_node 8 -m modernalbert.cli.main pretrain recipes/gpu-base.yaml
 
-Exactness: every global batch and every MLM mask is a pure function of (seed, step, position in the global batch),
-so a run resumed from a checkpoint sees exactly the data an uninterrupted run sees, and a run on P processes sees
-the same global batches as a run on one (each process takes a contiguous shard). Token-level losses are normalised
+Exactness: every global batch and every MLM mask is a pure function of (seed, step, position in the step's global
+batch), so a run resumed from a checkpoint sees exactly the data an uninterrupted run sees, and a run on P
+processes, or with gradient accumulation, sees the same global batches as a run on one (each process takes a
+contiguous shard; micro-batches follow each other). Token-level losses are normalised
 by the global number of masked tokens, so data-parallel gradients equal single-process gradients. Dropout and the
 router jitter draw from the global RNG, whose state every checkpoint saves per process.
 """
@@ -135,8 +136,9 @@ def build_models(recipe: Recipe):
 
 
 class MaskedBatches:
-    """Deterministic MLM masking: sample ``i`` of the global batch at (step, micro) is masked with a generator seeded
-    from (seed, step, micro, i), so masks do not depend on the number of processes or on resumption."""
+    """Deterministic MLM masking: the block at position ``i`` of a step's global batch (all micro-batches of all
+    processes, in order) is masked with a generator seeded from (seed, step, i), so masks depend neither on the
+    number of processes, nor on how the step is split into micro-batches, nor on resumption."""
 
     def __init__(self, tokenizer: Any, seed: int):
         from ..data.mlm import mlm_collator
@@ -145,10 +147,10 @@ class MaskedBatches:
         self.collate([{"input_ids": torch.zeros(4, dtype=torch.long)}])  # creates the collator's generator
         self.seed = seed
 
-    def __call__(self, blocks: torch.Tensor, step: int, micro: int, positions: list[int]) -> dict[str, torch.Tensor]:
+    def __call__(self, blocks: torch.Tensor, step: int, positions: list[int]) -> dict[str, torch.Tensor]:
         rows = []
         for position, block in zip(positions, blocks, strict=True):
-            key = f"{self.seed}:{step}:{micro}:{position}".encode()
+            key = f"{self.seed}:{step}:{position}".encode()
             self.collate.generator.manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
             rows.append(self.collate([{"input_ids": block}]))
         return {
@@ -204,7 +206,7 @@ def pretrain(recipe: Recipe, *, on_first_gradients=None, on_step_end=None,
         batches, held_blocks = prepare_blocks(recipe, tokenizer, rank=rank, world_size=world,
                                               eval_blocks=tr.eval_batches * tr.batch_size)
     masker = MaskedBatches(tokenizer, recipe.seed)
-    held = [masker(b, -1, 0, list(range(i, i + len(b))))
+    held = [masker(b, -1, list(range(i, i + len(b))))
             for i, b in zip(range(0, len(held_blocks), tr.batch_size), held_blocks.split(tr.batch_size))]
 
     optimizer = torch.optim.AdamW(param_groups(distiller, recipe.optim.weight_decay), lr=recipe.optim.lr,
@@ -299,7 +301,8 @@ def pretrain(recipe: Recipe, *, on_first_gradients=None, on_step_end=None,
         micro_batches = []
         for micro in range(tr.grad_accum):
             blocks, positions = batches.next_batch()  # this process's shard and its global positions
-            micro_batches.append(masker(blocks, step, micro, positions))
+            offset = micro * tr.batch_size * world  # micro-batches follow each other in the step's global batch
+            micro_batches.append(masker(blocks, step, [offset + p for p in positions]))
         local_masked = torch.tensor(float(sum(int((b["labels"] != -100).sum()) for b in micro_batches)),
                                     device=accelerator.device)
         masked_per_rank = accelerator.reduce(local_masked, reduction="sum") / world
