@@ -262,10 +262,14 @@ def pretrain(recipe: Recipe, *, on_first_gradients=None, on_step_end=None,
             with metrics_path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
 
-    def save(step: int) -> None:
+    def gathered() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         full = accelerator.get_state_dict(model)  # full (gathered) state under FSDP too
         student_state = {k[len("student."):]: v for k, v in full.items() if k.startswith("student.")}
         extra = {k[len("projections."):]: v for k, v in full.items() if k.startswith("projections.")}
+        return student_state, extra
+
+    def save(step: int) -> None:
+        student_state, extra = gathered()
         save_checkpoint(out_dir, step, student=core.student, student_state=student_state, extra_state=extra,
                         # Under FSDP each process holds a shard of the optimizer state: not saved (yet); the
                         # model weights are gathered in full. Resuming then restarts AdamW's moments.
@@ -283,7 +287,7 @@ def pretrain(recipe: Recipe, *, on_first_gradients=None, on_step_end=None,
         for b in held:
             b = {k: v.to(accelerator.device) for k, v in b.items()}
             with accelerator.autocast():
-                parts = core(**b).parts
+                parts = model(**b).parts  # through the wrapper: FSDP gathers its shards in forward
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         model.train()
@@ -352,8 +356,9 @@ def pretrain(recipe: Recipe, *, on_first_gradients=None, on_step_end=None,
     bar.close()
     save(tr.steps)
     final = out_dir / "final"
+    student_state, _ = gathered()  # every process takes part in gathering (FSDP)
     if accelerator.is_main_process:
-        core.student.save_pretrained(final)
+        core.student.save_pretrained(final, state_dict=student_state)
         tokenizer.save_pretrained(final)
     accelerator.wait_for_everyone()
     return TrainResult(out_dir, final, tr.steps, last_eval)
