@@ -16,7 +16,7 @@ recipe: MLM 1, hidden / attention 3, logits 5, temperature 1):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.modeling import ModernAlbertForMaskedLM
+from ..utils import dataclass_from_mapping
 
 HIDDEN_LOSSES = ("cosine", "mse")
 
@@ -67,18 +68,7 @@ class DistillConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> DistillConfig:
         """Build from a recipe section; unknown keys are an error naming them."""
-        values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown distill option(s) {unknown}: allowed are {sorted(known)}.")
-        for name in ("mlm_weight", "hidden_weight", "attention_weight", "logit_weight", "temperature"):
-            if isinstance(values.get(name), str):  # YAML 1.1 reads 1e-1 as a string
-                try:
-                    values[name] = float(values[name])
-                except ValueError:
-                    raise ValueError(f"distill.{name}={values[name]!r} is invalid: expected a number.") from None
-        return cls(**values)
+        return dataclass_from_mapping(cls, values, unknown="Unknown distill option(s) {keys}", prefix="distill")
 
 
 def uniform_layer_map(student_layers: int, teacher_layers: int) -> dict[int, int]:

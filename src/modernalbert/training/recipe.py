@@ -15,22 +15,12 @@ from typing import Any, ClassVar
 import yaml
 
 from ..distill.losses import DistillConfig
+from ..utils import dataclass_from_mapping
 
 
 def _from_dict(cls, values: dict[str, Any] | None, section: str):
-    values = dict(values or {})
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(f"Unknown key(s) {unknown} in recipe section '{section}': allowed are {sorted(known)}.")
-    for name, value in values.items():
-        # YAML 1.1 reads 5e-4 (no dot) as a string: accept it for float fields, as users write it.
-        if isinstance(value, str) and "float" in str(known[name].type):
-            try:
-                values[name] = float(value)
-            except ValueError:
-                raise ValueError(f"{section}.{name}={value!r} is invalid: expected a number.") from None
-    return cls(**values)
+    return dataclass_from_mapping(cls, values, unknown=f"Unknown key(s) {{keys}} in recipe section '{section}'",
+                                  prefix=section)
 
 
 @dataclass
