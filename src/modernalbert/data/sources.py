@@ -81,6 +81,13 @@ SOURCES: dict[str, PackagedSource] = {
             "bb3037de8f70e0a791d6e1035423b90fe1d28a060746ceab4943b73ddb9a20c8",
             "Rotten Tomatoes review snippets (fresh / rotten) and plot synopses",
         ),
+        PackagedSource(
+            "allennlp-fixtures", "allennlp==0.9.0",
+            tuple(f"allennlp/tests/fixtures/data/{f}" for f in ("squad.json", "snli.jsonl", "quora_paraphrase.tsv",
+                                                               "sst.txt")),
+            "allennlp/tests/fixtures/data/", "0a3b82ab4c82aff0d6dc3f6504e75287b2135d66f7fc22b4c4b289a5c9994759",
+            "Tiny real-format files (SQuAD JSON, SNLI JSONL, Quora paraphrase TSV, SST trees): format tests only",
+        ),
     )
 }
 
