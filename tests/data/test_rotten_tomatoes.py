@@ -56,7 +56,7 @@ def test_review_plot_beir_layout(fixture_csv, tmp_path):
         lines = (folder / "qrels" / f"{split}.tsv").read_text().splitlines()
         assert lines[0] == "query-id\tcorpus-id\tscore"
         for line in lines[1:]:
-            qid, did, score = line.split("\t")
+            qid, did, _ = line.split("\t")
             assert queries[qid].split()[-1] == plots[did].split()[-1]  # relevant = the same movie's plot
             seen.add(qid)
     assert seen == set(queries)

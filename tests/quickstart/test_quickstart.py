@@ -7,7 +7,7 @@ import pytest
 from modernalbert.quickstart.pipeline import Quickstart
 
 
-class Interrupt(Exception):
+class InterruptError(Exception):
     pass
 
 
@@ -18,10 +18,10 @@ def finished(tmp_path_factory):
     first = Quickstart(out, profile_name="smoke", log=lambda s: None)
 
     def stop():
-        raise Interrupt
+        raise InterruptError
 
     first.onnx = stop  # the "interrupt": the stage after merge dies
-    with pytest.raises(Interrupt):
+    with pytest.raises(InterruptError):
         first.run()
     done_before = set(json.loads((out / "state.json").read_text())["stages"])
     lines: list[str] = []
@@ -30,7 +30,7 @@ def finished(tmp_path_factory):
 
 
 def test_a_rerun_resumes_instead_of_starting_over(finished):
-    out, state, done_before, lines = finished
+    _, state, done_before, lines = finished
     assert done_before == {"fetch", "distill", "finetune", "merge"}
     skipped = {line.split("] ")[1].split(":")[0] for line in lines if "skipped" in line}
     assert skipped == done_before

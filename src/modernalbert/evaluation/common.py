@@ -242,7 +242,8 @@ def model_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict
     but not for ModernAlbert / ModernBERT)."""
     import inspect
 
-    params = inspect.signature(model.forward).parameters
+    # Through the wrapped module's own forward: DDP's forward(*inputs, **kwargs) names no argument.
+    params = inspect.signature(getattr(model, "module", model).forward).parameters
     return {k: v for k, v in batch.items() if k in params}
 
 

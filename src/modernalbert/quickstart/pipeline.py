@@ -165,17 +165,25 @@ class Quickstart:
             "finetune_epochs"], warmup_ratio=0.1, max_length=128, seed=self.seed)
 
     def finetune(self) -> dict[str, Any]:
-        from ..evaluation.glue import evaluate_task, finetune_task
+        from ..evaluation.glue import finetune_task
 
         out: dict[str, Any] = {}
         sources = self.result("fetch")
         for name, path in (("student", self.result("distill")["model_dir"]), ("teacher", sources[TEACHER]["path"])):
             res = finetune_task(path, TASK, self._finetune_cfg(), output_dir=str(self.output_dir / f"finetune-{name}"),
                                 **self._subsample())
-            test = evaluate_task(res["model_dir"], TASK, split="test", **self._subsample(eval_only=True))
-            out[name] = {"model_dir": res["model_dir"], "validation": res["metrics"], "test": test,
+            test = self._test_metrics(res["model_dir"])
+            out[name] = {"model_dir": res["model_dir"], "validation": res["metrics"]["validation"], "test": test,
                          "history": res["history"], "seconds": res.get("seconds")}
         return out
+
+    def _test_metrics(self, model_dir: str) -> dict[str, float]:
+        """Test-split accuracy of a fine-tuned folder, with the majority-class rate of the same sentences."""
+        from ..evaluation.glue import evaluate_task
+
+        res = evaluate_task(model_dir, TASK, split="test", **self._subsample(eval_only=True))
+        return {**res["metrics"]["test"], "majority_accuracy": res["baselines"]["test"]["majority_accuracy"],
+                "examples": res["examples"]["test"]}
 
     def _subsample(self, eval_only: bool = False) -> dict[str, Any]:
         """Profile limits as keyword arguments of ``finetune_task`` (or ``evaluate_task`` with ``eval_only``)."""
@@ -186,7 +194,6 @@ class Quickstart:
 
     def merge(self) -> dict[str, Any]:
         from ..evaluation.common import load_tokenizer, save_model
-        from ..evaluation.glue import evaluate_task
         from ..export.merge import merge_experts
         from ..model.loading import load_pretrained
 
@@ -195,28 +202,21 @@ class Quickstart:
         # Router weights from the moving average of routing kept during training; folded into the shared FFN.
         merged = merge_experts(model, weights="router", space="deltas", form="fold")
         folder = save_model(merged, load_tokenizer(src), self.output_dir / "merged")
-        test = evaluate_task(str(folder), TASK, split="test", **self._subsample(eval_only=True))
-        return {"model_dir": str(folder), "test": test, "merge_info": merged.config.merge_info}
+        return {"model_dir": str(folder), "test": self._test_metrics(str(folder)),
+                "merge_info": merged.config.merge_info}
 
     def _test_batches(self, n: int | None) -> list[dict[str, np.ndarray]]:
         """Tokenised RT test sentences in length-sorted batches of 32 (what speed and ONNX checks run on)."""
-        from ..data.rotten_tomatoes import sentiment_splits
-        from ..evaluation.common import bucket_batches, load_tokenizer
+        from ..evaluation.common import bucket_batches, collate, load_tokenizer
+        from ..evaluation.glue import encode, get_task, load_split, subsample
 
-        rows = sentiment_splits(seed=0)["test"]
-        rows = rows[:n] if n else rows
+        rows = subsample(load_split(get_task(TASK), "test", None), n)  # the sentences evaluate_task scores
         tok = load_tokenizer(self.result("merge")["model_dir"])
-        enc = tok([r["sentence"] for r in rows], truncation=True, max_length=128)
-        labels = np.array([r["label"] for r in rows])
+        feats = encode(rows, tok, 128)
         batches = []
-        for idx in bucket_batches([len(x) for x in enc["input_ids"]], 32):
-            width = max(len(enc["input_ids"][i]) for i in idx)
-            ids = np.full((len(idx), width), tok.pad_token_id, dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            for row, i in enumerate(idx):
-                ids[row, :len(enc["input_ids"][i])] = enc["input_ids"][i]
-                mask[row, :len(enc["input_ids"][i])] = 1
-            batches.append({"input_ids": ids, "attention_mask": mask, "labels": labels[idx]})
+        for idx in bucket_batches([len(f["input_ids"]) for f in feats], 32):
+            b = collate([feats[i] for i in idx], tok.pad_token_id)
+            batches.append({k: b[k].numpy() for k in ("input_ids", "attention_mask", "labels")})
         return batches
 
     def onnx(self) -> dict[str, Any]:
