@@ -35,7 +35,7 @@ import torch
 
 # Profiles: "full" fits the 20-minute budget on 2 cores, "quick" the 3-minute first look (our choices).
 PROFILES: dict[str, dict[str, Any]] = {
-    "full": {"distill_steps": 300, "distill_batch": 16, "finetune_epochs": 1.0, "train_examples": None,
+    "full": {"distill_steps": 200, "distill_batch": 16, "finetune_epochs": 1.0, "train_examples": None,
              "eval_examples": None, "speed_examples": 512, "speed_rounds": 3},
     "quick": {"distill_steps": 30, "distill_batch": 8, "finetune_epochs": 1.0, "train_examples": 1500,
               "eval_examples": 400, "speed_examples": 128, "speed_rounds": 2},
