@@ -32,3 +32,4 @@ bench: setup
 	$(PYTHON) benchmarks/mol_ffn.py
 	$(PYTHON) benchmarks/merge.py
 	$(PYTHON) benchmarks/train_step.py
+	$(PYTHON) benchmarks/encoder.py

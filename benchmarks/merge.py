@@ -13,15 +13,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+# OpenMP threads that wait passively (sleep) instead of spinning: must be set before torch loads OpenMP. On a shared,
+# oversubscribed machine spinning threads steal the time slices of working ones; measured here, 2-thread runs then
+# ran slower than 1-thread runs and ratios swung with the load. An explicit OMP_WAIT_POLICY is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import torch
 
 from modernalbert import ModernAlbertConfig, ModernAlbertModel, merge_experts
+from modernalbert.training.memory import keep_freed_memory
 
 
 def main() -> None:
@@ -34,6 +41,7 @@ def main() -> None:
     ap.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime variants")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
+    keep_freed_memory()  # freed tensors stay in the heap: page faults would otherwise dominate CPU timings
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 

@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
+
+# OpenMP threads that wait passively (sleep) instead of spinning: must be set before torch loads OpenMP. On a shared,
+# oversubscribed machine spinning threads steal the time slices of working ones; measured here, 2-thread runs then
+# ran slower than 1-thread runs and ratios swung with the load. An explicit OMP_WAIT_POLICY is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
 from modernalbert import ModernAlbertConfig
 from modernalbert.model.modeling import GeGLU, ModernAlbertModel, MoLGeGLU
+from modernalbert.training.memory import keep_freed_memory
 
 
 def build(mixing: str, args) -> MoLGeGLU:
@@ -49,6 +56,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
+    keep_freed_memory()  # freed tensors stay in the heap: page faults would otherwise dominate CPU timings
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)

@@ -1,0 +1,279 @@
+"""Fast paths against their references: attention implementations, the per-sequence CPU SDPA path, RoPE (in place
+without autograd), torch.compile (no graph breaks in the MoL executor, outputs equal to eager), length-bucketed
+batching."""
+
+import random
+import shutil
+
+import pytest
+import torch
+
+from modernalbert import ModernAlbertModel
+from modernalbert.model import modeling
+from modernalbert.model.batching import (
+    encode_sequences,
+    iter_bucketed_batches,
+    length_bucketed_batches,
+    pad_batch,
+    restore_order,
+)
+from tests.conftest import padded_batch, randomize_adapters, small_config
+
+# ============================================================================================== attention paths
+
+
+def _model(attn: str = "sdpa", **overrides) -> ModernAlbertModel:
+    model = ModernAlbertModel(small_config(attn_implementation=attn, **overrides)).eval()
+    randomize_adapters(model)
+    return model
+
+
+def _left_padded(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same sequences padded on the left (each row's real tokens moved to its end)."""
+    lengths = mask.sum(-1)
+    L = ids.shape[1]
+    ids_l, mask_l = torch.zeros_like(ids), torch.zeros_like(mask)
+    for b, n in enumerate(lengths.tolist()):
+        ids_l[b, L - n:] = ids[b, :n]
+        mask_l[b, L - n:] = 1
+    return ids_l, mask_l
+
+
+def _alone(model: ModernAlbertModel, ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    """Each sequence encoded by itself, without padding: the ground truth for its rows in a padded batch."""
+    outs = []
+    for b in range(ids.shape[0]):
+        row = ids[b][mask[b].bool()][None]  # (1, n)
+        outs.append(model(row).last_hidden_state[0])  # (n, d)
+    return outs
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padded_batch_matches_each_sequence_alone(attn, side):
+    model = _model(attn)
+    ids, mask = padded_batch(lengths=(7, 4, 9, 1))
+    alone = _alone(model, ids, mask)
+    if side == "left":
+        # Left padding shifts the default RoPE positions (ModernBERT's convention), so pass the right-padded ones.
+        positions = torch.arange(ids.shape[1]).expand_as(ids) - (ids.shape[1] - mask.sum(-1, keepdim=True))
+        ids, mask = _left_padded(ids, mask)
+        out = model(ids, attention_mask=mask, position_ids=positions.clamp(min=0)).last_hidden_state
+    else:
+        out = model(ids, attention_mask=mask).last_hidden_state
+    for b, ref in enumerate(alone):
+        torch.testing.assert_close(out[b][mask[b].bool()], ref, rtol=0, atol=1e-5)
+        assert (out[b][~mask[b].bool()] == 0).all()
+
+
+def test_per_sequence_sdpa_matches_the_padded_reference(monkeypatch):
+    """The eager CPU fast path (one unmasked SDPA call per sequence) equals the padded, masked SDPA reference on
+    real tokens, forward and backward (training runs the fast path too), with an all-pad row in the batch."""
+    torch.manual_seed(0)
+    model = _model().train()  # dropout is 0 in the test preset: train mode only enables autograd bookkeeping
+    ids, mask = padded_batch(lengths=(7, 4, 9, 2))
+    mask[3] = 0  # a row without any real token
+    calls = []
+
+    def per_sequence(qkv, layout, dropout, output_attentions):
+        calls.append(layout.seq_lengths)
+        return modeling._sdpa_per_sequence(qkv, layout, dropout), None
+
+    def padded(qkv, layout, dropout, output_attentions):
+        return modeling._sdpa_padded(qkv, layout, dropout), None
+
+    def run(impl, dtype=torch.float32) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        monkeypatch.setitem(modeling.ATTENTION_FUNCTIONS, "sdpa", impl)
+        model.to(dtype).zero_grad(set_to_none=True)
+        hidden = model(ids, attention_mask=mask).last_hidden_state  # (B, L, d)
+        (hidden.square() * mask[..., None]).sum().backward()
+        grads = {n: p.grad.double() for n, p in model.named_parameters() if p.grad is not None}
+        return hidden.detach().double(), grads
+
+    fast, fast_grads = run(per_sequence)
+    ref, ref_grads = run(padded)
+    _, gold_grads = run(padded, torch.float64)  # float64: what both fp32 paths approximate
+    assert calls and calls[0] == [7, 4, 9, 0]  # the empty row's zero-length split is skipped
+    real = mask.bool()
+    torch.testing.assert_close(fast[real], ref[real], rtol=0, atol=1e-5)
+    assert fast_grads.keys() == ref_grads.keys()
+    for name, gold in gold_grads.items():
+        # fp32 rounding (summation order) dominates both paths' gradients: the fast path must be as close to the
+        # float64 gradient as the reference is.
+        fast_err = float((fast_grads[name] - gold).abs().max())
+        ref_err = float((ref_grads[name] - gold).abs().max())
+        assert fast_err <= 1.5 * ref_err + 1e-8, (name, fast_err, ref_err)
+
+
+def test_default_sdpa_dispatch_takes_the_per_sequence_path_on_cpu(monkeypatch):
+    model = _model()
+    seen = []
+    original = modeling._sdpa_per_sequence
+    monkeypatch.setattr(modeling, "_sdpa_per_sequence", lambda *a: seen.append(1) or original(*a))
+    ids, mask = padded_batch()
+    model(ids, attention_mask=mask)
+    assert len(seen) == model.config.num_hidden_layers
+    seen.clear()
+    model(ids)  # nothing padded: one batched, unmasked call instead
+    assert not seen
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_unpadded_batch_paths_agree(attn):
+    """No mask, an all-ones mask (the no-padding fast path) and the sequences one by one give the same result."""
+    model = _model(attn)
+    ids, _ = padded_batch(lengths=(6, 6, 6))
+    ones = torch.ones_like(ids)
+    no_mask = model(ids).last_hidden_state
+    torch.testing.assert_close(model(ids, attention_mask=ones).last_hidden_state, no_mask, rtol=0, atol=0)
+    for b, ref in enumerate(_alone(model, ids, ones)):
+        torch.testing.assert_close(no_mask[b], ref, rtol=0, atol=1e-5)
+
+
+def test_sdpa_and_eager_agree_on_real_tokens():
+    sdpa, eager = _model("sdpa"), _model("eager")
+    eager.load_state_dict(sdpa.state_dict())
+    ids, mask = padded_batch(lengths=(7, 4, 9))
+    real = mask.bool()
+    a = sdpa(ids, attention_mask=mask).last_hidden_state[real]
+    b = eager(ids, attention_mask=mask).last_hidden_state[real]
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_rope_equals_rotate_half_reference(grad):
+    """In place without autograd, out of place with it: both equal ModernBERT's rotate-half form; v is untouched."""
+    model = _model()
+    positions = torch.tensor([0, 1, 5, 17, 200])
+    cos, signed_sin = model.rotary_emb(positions)  # (N, 1, 1, dh) each
+    qkv = torch.randn(5, 3, 4, model.config.head_dim, requires_grad=grad)
+    freqs = positions[:, None].float() * model.rotary_emb.inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)[:, None, None, :]  # (N, 1, 1, dh)
+    x1, x2 = qkv[:, :2].detach().chunk(2, dim=-1)
+    ref = qkv[:, :2].detach() * emb.cos() + torch.cat((-x2, x1), dim=-1) * emb.sin()
+    with torch.set_grad_enabled(grad):
+        src = qkv if grad else qkv.detach().clone()
+        out = modeling.apply_rotary(src, cos, signed_sin)
+    assert (out is src) == (not grad)  # in place exactly when nothing is differentiated
+    torch.testing.assert_close(out[:, :2].detach(), ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out[:, 2].detach(), qkv[:, 2].detach(), rtol=0, atol=0)
+    if grad:
+        out.sum().backward()
+        assert qkv.grad is not None and qkv.grad.shape == qkv.shape
+    half = modeling.apply_rotary(qkv.detach().bfloat16(), cos, signed_sin)  # 16-bit: rotated in fp32
+    torch.testing.assert_close(half[:, :2].float(), ref, rtol=1e-2, atol=1e-2)
+
+
+def test_rope_closed_form_backward_passes_gradcheck():
+    model = _model()
+    cos, signed_sin = (t.double() for t in model.rotary_emb(torch.tensor([0, 3, 9])))
+    qkv = torch.randn(3, 3, 2, model.config.head_dim, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: modeling._RotaryQK.apply(t, cos, signed_sin), (qkv,))
+
+
+# ================================================================================================ torch.compile
+
+
+def _has_cxx_compiler() -> bool:
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+@pytest.mark.parametrize("mixing", ["weight", "output"])
+@pytest.mark.parametrize("training", [False, True])
+def test_mol_executor_traces_without_graph_breaks(mixing, training):
+    """fullgraph=True fails on any graph break: the MoL FFN (router, dense executor, statistics) is one graph."""
+    torch._dynamo.reset()
+    model = _model(mol_mixing=mixing, router_jitter=0.1 if training else 0.0).train(training)
+    mlp = model.groups[1].mlp
+    assert isinstance(mlp, modeling.MoLGeGLU)
+    x = torch.randn(13, model.config.hidden_size)
+    compiled = torch.compile(mlp, fullgraph=True, backend="eager")  # dynamo's capture alone: fast
+    y, stats = compiled(x)
+    if not training:  # jitter makes training outputs random
+        ref, ref_stats = mlp(x)
+        torch.testing.assert_close(y, ref, rtol=0, atol=1e-6)
+        torch.testing.assert_close(stats.usage, ref_stats.usage)
+    explanation = torch._dynamo.explain(mlp)(x)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+
+
+@pytest.mark.skipif(not _has_cxx_compiler(), reason="torch.compile (inductor) on CPU needs a C++ compiler")
+@pytest.mark.parametrize("mixing", ["weight", "output"])
+def test_compiled_model_matches_eager(mixing):
+    """torch.compile(model) with the default inductor backend runs on CPU and matches eager to 1e-5."""
+    torch._dynamo.reset()
+    model = _model(mol_mixing=mixing)
+    ids, mask = padded_batch(lengths=(7, 4, 9))
+    compiled = torch.compile(model)
+    with torch.inference_mode():
+        ref = model(ids, attention_mask=mask)
+        out = compiled(ids, attention_mask=mask)
+    real = mask.bool()
+    torch.testing.assert_close(out.last_hidden_state[real], ref.last_hidden_state[real], rtol=0, atol=1e-5)
+    torch.testing.assert_close(out.expert_usage, ref.expert_usage, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.router_aux_loss, ref.router_aux_loss, rtol=0, atol=1e-6)
+
+
+# ==================================================================================================== batching
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("limits", [dict(max_tokens=64), dict(batch_size=3), dict(max_tokens=100, batch_size=4)])
+def test_length_bucketed_batches_invariants(seed, limits):
+    rng = random.Random(seed)
+    lengths = [rng.randint(0, 80) for _ in range(rng.randint(1, 40))]
+    batches = length_bucketed_batches(lengths, **limits)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))  # every index exactly once
+    assert all(b for b in batches)
+    for b in batches:
+        if limits.get("batch_size"):
+            assert len(b) <= limits["batch_size"]
+        if limits.get("max_tokens") and len(b) > 1:
+            assert len(b) * max(lengths[i] for i in b) <= limits["max_tokens"]  # padded-token budget
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)  # bucketed by length, longest first
+    # restore_order puts per-example results back in the input order
+    outputs = [torch.tensor([[i, lengths[i]] for i in b]) for b in batches]
+    restored = restore_order(batches, outputs)
+    assert [int(r[0]) for r in restored] == list(range(len(lengths)))
+    assert [int(r[1]) for r in restored] == lengths
+
+
+def test_length_bucketed_batches_long_sequence_and_errors():
+    assert length_bucketed_batches([500, 3, 4], max_tokens=100) == [[0], [2, 1]]  # too long: a batch of its own
+    assert length_bucketed_batches([], batch_size=2) == []
+    with pytest.raises(ValueError, match="max_tokens, batch_size"):
+        length_bucketed_batches([1, 2])
+    with pytest.raises(ValueError, match="max_tokens"):
+        length_bucketed_batches([1, 2], max_tokens=0)
+    with pytest.raises(ValueError, match="twice"):
+        restore_order([[0, 0]], [[1, 2]])
+
+
+def test_pad_batch_and_bucketed_iteration():
+    seqs = [[5, 6, 7], [8], [9, 10, 11, 12, 13]]
+    ids, mask = pad_batch(seqs, pad_token_id=0, pad_to_multiple_of=4)
+    assert ids.shape == mask.shape == (3, 8)
+    assert ids[0].tolist() == [5, 6, 7, 0, 0, 0, 0, 0] and mask.sum(-1).tolist() == [3, 1, 5]
+    seen = []
+    for batch, b_ids, b_mask in iter_bucketed_batches(seqs, pad_token_id=0, max_tokens=10):
+        assert b_ids.shape[1] == max(len(seqs[i]) for i in batch)
+        for row, i in enumerate(batch):
+            assert b_ids[row][b_mask[row].bool()].tolist() == seqs[i]
+        seen += batch
+    assert sorted(seen) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_encode_sequences_matches_one_by_one_in_input_order(pooling):
+    model = _model().train()
+    g = torch.Generator().manual_seed(3)
+    seqs = [torch.randint(4, 512, (n,), generator=g).tolist() for n in (5, 17, 2, 9, 17, 1, 30)]
+    emb = encode_sequences(model, seqs, pad_token_id=0, max_tokens=40, pooling=pooling)
+    assert model.training  # the training flag is restored
+    model.eval()
+    with torch.no_grad():
+        for i, s in enumerate(seqs):
+            hidden = model(torch.tensor([s])).last_hidden_state  # (1, n, d)
+            ref = hidden.mean(1)[0] if pooling == "mean" else hidden[0, 0]
+            torch.testing.assert_close(emb[i], ref, rtol=0, atol=1e-5)
