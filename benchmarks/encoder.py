@@ -587,6 +587,7 @@ def main() -> None:
                 extra = {"ModernAlbert G=1 + torch.compile": (entries[1], torch.compile(entries[1].model))}
             rows = run_section("geometry", entries, workloads, mode, args, device, peak, extra)
             report["rows"] += [r.__dict__ for r in rows]
+            save(report, args, t_start)
             if extra:
                 report["compile"] = compile_report(rows, entries[1].model, extra, workloads)
             del entries, extra
@@ -607,16 +608,22 @@ def main() -> None:
                 extra = {entry.name: (entry, folded)}
             rows = run_section("tiny", entries, tiny_workloads, mode, args, device, peak, extra)
             report["rows"] += [r.__dict__ for r in rows]
+            save(report, args, t_start)
             del entries, extra
             gc.collect()
     if "mfu" in sections:
         report["mfu"] = mfu_section(args, device, peak)
-    report["environment"]["wall_s"] = time.perf_counter() - t_start
+    save(report, args, t_start, final=True)
 
+
+def save(report: dict[str, Any], args: argparse.Namespace, t_start: float, final: bool = False) -> None:
+    """Write the JSON and markdown outputs (also after every section: a run cut short keeps what it measured)."""
+    report["environment"]["wall_s"] = time.perf_counter() - t_start
     text = markdown(report)
-    print()
-    print(text)
-    print(f"(total {report['environment']['wall_s']:.0f} s)")
+    if final:
+        print()
+        print(text)
+        print(f"(total {report['environment']['wall_s']:.0f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     if args.markdown:
