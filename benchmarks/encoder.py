@@ -559,7 +559,7 @@ def main() -> None:
                         "flash_attn": importlib.util.find_spec("flash_attn") is not None,
                         "matmul_peak_gflops": peak / 1e9, "clock": args.clock,
                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                        "peak_method": "best of repeated square matmuls",
+                        "peak_method": "best of repeated square matmuls, probed at the start and at the end",
                         "memory_method": "n/a", "freed_memory_kept": kept},
         "geometry": geometry,
         "workloads": {},
@@ -613,6 +613,18 @@ def main() -> None:
             gc.collect()
     if "mfu" in sections:
         report["mfu"] = mfu_section(args, device, peak)
+    # One probe of the peak can land on a slow moment of a shared machine (a low peak inflates every MFU, even
+    # past 100 %); probe again at the end and divide every row by the best probe of the run.
+    final_peak = max(peak, matmul_peak(device, dtype, 4096 if device.type == "cuda" else 2048,
+                                       20 if device.type == "cuda" else 8))
+    if "mfu" in report:
+        final_peak = max(final_peak, max(report["mfu"]["round_peaks_gflops"]) * 1e9)
+    report["environment"]["matmul_peak_probes_gflops"] = [peak / 1e9, final_peak / 1e9]
+    report["environment"]["matmul_peak_gflops"] = final_peak / 1e9
+    for row in report["rows"]:
+        row["mfu"] *= peak / final_peak
+    for v in report.get("mfu", {}).get("models", {}).values():
+        v["best_round_mfu"] *= peak / final_peak
     save(report, args, t_start, final=True)
 
 
@@ -676,6 +688,11 @@ def mfu_section(args: argparse.Namespace, device: torch.device, peak: float) -> 
         round_peaks.append(2 * n**3 / best)
 
     fns: dict[str, Callable[[], Any]] = {e.name: inference_fn(e.model, w) for e in entries}
+    if args.compile:  # fused elementwise work (RoPE, GeGLU, norms): what eager mode leaves on the table
+        compiled = Entry("ModernAlbert G=1 + torch.compile", torch.compile(entries[1].model), entries[1].matmul_params,
+                         entries[1].layers, entries[1].hidden)
+        entries.append(compiled)
+        fns[compiled.name] = inference_fn(compiled.model, w)
     fns["matmul peak"] = probe
     with torch.inference_mode():
         times, _ = time_interleaved(fns, args.warmup, args.rounds, device)
