@@ -352,3 +352,16 @@ def test_parallel_processes_claim_runs_and_merge_their_records(tmp_path):
     a._record("k1", {"cost": {}})
     b._record("k2", {"cost": {}})  # b never saw k1 in memory: the file keeps both
     assert set(json.loads((a.out / "results.json").read_text())["runs"]) == {"k1", "k2"}
+
+
+def test_speed_appears_only_on_the_rows_of_the_init_it_was_measured_on():
+    r = recipe(seeds=[0, 1, 2], inits=["random", "distill"], speed={"init": "distill"})
+    results = fake_results(r)
+    for key, run in list(results["runs"].items()):  # the same runs again, as distillation-initialised ones
+        results["runs"][key.replace("random", "distill")] = {**run, "init": "distill"}
+    results["speed"] = {"models": {"mol": {"ratio": [1.1, 1.2, 1.3]}}}
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line.split("|")[-2].strip()
+            for line in results_table(results, r).splitlines()[2:]}
+    label = r.variant("mol").label
+    assert rows[(label, "distill")] == "1.200 ± 0.100×"
+    assert rows[(label, "random")] == "—"  # not measured on random-init models: no repeated figure

@@ -1399,10 +1399,11 @@ def results_table(results: dict[str, Any], recipe: AblationRecipe) -> str:
     effect = Metric("adapter_effect", "adapter effect", False, 1.0, 4)
     header = ["variant", "init", "n", "unique w/o emb.", "effective", *[m.label for m in metrics],
               "adapter effect", "time vs " + recipe.speed.baseline]
+    speed_init = recipe.speed.init or recipe.inits[-1]
     rows = []
     for (name, init), recs in _groups(results, recipe).items():
         b = budget.get(name, {})
-        sp = speed.get(name)
+        sp = speed.get(name) if init == speed_init else None  # measured on one init's models only
         rows.append([recipe.variant(name).label, init, len(recs), format_count(b["non_embedding"]) if b else "—",
                      format_count(b["effective"]) if b else "—",
                      *[format_mean_std(_values(recs, m), m.scale, m.digits) for m in metrics],
