@@ -29,14 +29,6 @@ from tests.conftest import make_tokenizer, randomize_adapters, small_config
 # ============================================================================================ fixtures
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # One intra-op thread: these small models gain little from two, and OpenMP spin-waits make a shared, busy
-    # runner up to 100x slower when threads outnumber free cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def write_beir(folder: Path, corpus=None, queries=None, qrels=None) -> Path:

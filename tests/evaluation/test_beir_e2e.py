@@ -15,16 +15,6 @@ from tests.conftest import make_tokenizer, randomize_adapters, small_config
 from tests.evaluation.test_beir import write_beir
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # One intra-op thread: these small models gain little from two, and OpenMP spin-waits make a shared, busy
-    # runner up to 100x slower when threads outnumber free cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def minilm():
     from modernalbert.data.sources import fetch

@@ -391,13 +391,6 @@ def test_parse_grid():
 # ============================================================================================ models (tiny)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # d = 64 matrices: intra-op threads cost more in synchronisation than they save (and much more on a busy CPU).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

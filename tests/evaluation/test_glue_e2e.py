@@ -26,13 +26,6 @@ TEST_MARGIN = 0.08  # the same model on the test split; measured +0.145 to +0.16
 MINILM_MARGIN = 0.05  # measured +0.095 to +0.127
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Small matrices: intra-op threads cost more in synchronisation than they save on a 2-core (or busy) CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _fetch(name: str) -> Path:

@@ -46,14 +46,6 @@ PARAGRAPHS = [
 TEXTS = [c for _, c, _ in PARAGRAPHS] + [q[1] for _, _, qs in PARAGRAPHS for q in qs]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The models here are tiny: with several threads, synchronisation costs more than the arithmetic, and on a busy
-    # machine it costs ten times more.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def v2_data() -> dict:

@@ -371,27 +371,10 @@ class AblationRecipe:
             FileNotFoundError: No such recipe file.
             ValueError: Malformed YAML or override, unknown keys, invalid values.
         """
-        import yaml
+        from ..training.recipe import load_yaml
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"Ablation recipe {path} does not exist.")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"Ablation recipe {path} is not valid YAML: {err}") from err
-        for item in overrides or []:
-            if "=" not in item:
-                _fail(f"Override {item!r} must look like key=value (e.g. pretrain.train.steps=20 or seeds=[0]).")
-            key, raw = item.split("=", 1)
-            node = values
-            parts = key.split(".")
-            for part in parts[:-1]:
-                node = node.setdefault(part, {})
-                if not isinstance(node, dict):
-                    _fail(f"Override {item!r}: {part} is not a section.")
-            node[parts[-1]] = yaml.safe_load(raw)
-        return cls.from_dict(values)
+        return cls.from_dict(load_yaml(path, overrides, kind="Ablation recipe",
+                                       example="pretrain.train.steps=20 or seeds=[0]"))
 
     def validate(self) -> None:
         """Cross-field checks (each section validated its own fields already)."""

@@ -116,6 +116,42 @@ class TrainSection:
                              "['auto', 'fp32', 'bf16'] (auto: bf16 autocast on GPU, fp32 on CPU).")
 
 
+
+def load_yaml(path: str | Path, overrides: list[str] | None, *, kind: str, form: str = "key=value",
+              example: str) -> dict[str, Any]:
+    """Read a YAML mapping and apply dotted ``key=value`` overrides (values parsed as YAML; sections created).
+
+    Args:
+        path: The YAML file.
+        overrides: ``a.b.c=value`` strings, applied in order.
+        kind: What the file is, for error messages ("Recipe", "Ablation recipe").
+        form: How an override looks, for the error on a malformed one.
+        example: An override shown in that error.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: Malformed YAML, an override without ``=``, or one that descends into a non-section.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{kind} {path} does not exist.")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{kind} {path} is not valid YAML: {err}") from err
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"Override {item!r} must look like {form} (e.g. {example}).")
+        key, raw = item.split("=", 1)
+        node = values
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"Override {item!r}: {part} is not a section.")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return values
+
 @dataclass
 class Recipe:
     """A whole pretraining run."""
@@ -156,24 +192,7 @@ class Recipe:
             FileNotFoundError: The recipe file does not exist.
             ValueError: Malformed YAML, an override without ``=``, unknown keys or invalid values.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"Recipe {path} does not exist.")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"Recipe {path} is not valid YAML: {err}") from err
-        for item in overrides or []:
-            if "=" not in item:
-                raise ValueError(f"Override {item!r} must look like section.key=value (e.g. train.steps=50).")
-            key, raw = item.split("=", 1)
-            node = values
-            parts = key.split(".")
-            for part in parts[:-1]:
-                node = node.setdefault(part, {})
-                if not isinstance(node, dict):
-                    raise ValueError(f"Override {item!r}: {part} is not a section.")
-            node[parts[-1]] = yaml.safe_load(raw)
+        values = load_yaml(path, overrides, kind="Recipe", form="section.key=value", example="train.steps=50")
         return cls.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:
