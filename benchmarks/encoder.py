@@ -5,8 +5,9 @@ variable-length batches (ModernBERT's efficiency protocol), tokens/s, peak memor
 Every model of a section runs in this process on the same inputs, interleaved round by round with a rotating order
 (the machines are shared and noisy: the ratios against each section's baseline are the result; absolute times
 drift). A ratio is the median over rounds of the per-round ratio of the baseline's time to the model's (the calls
-of one round run back to back), printed with its smallest and largest value. Models are randomly initialised
-(nothing is downloaded); dropout is 0 everywhere.
+of one round run back to back), printed with a bootstrap 95 % confidence interval of that median and the smallest
+and largest per-round value (``benchmarks/common.py``); a ratio whose interval holds 1 is a tie. Models are randomly
+initialised (nothing is downloaded); dropout is 0 everywhere.
 
 Sections:
 
@@ -78,15 +79,13 @@ import torch
 import transformers
 from transformers import AlbertConfig, AlbertModel, BertConfig, BertModel, ModernBertConfig, ModernBertModel
 
+from common import CLOCK, paired_ratios, sync, time_interleaved
 from modernalbert import ModernAlbertConfig, ModernAlbertModel, merge_experts
 from modernalbert.model.modeling import LoRAGeGLU, MoAGeGLU, MoLGeGLU, RRTGeGLU
 from modernalbert.training.memory import keep_freed_memory
 
 MIN_VOCAB = 30000  # ALBERT's vocabulary: token ids below it are valid for every model
 PAD = 0
-# What the timings read: wall-clock seconds (the default), or with --clock process the CPU seconds of all the
-# process's threads (a cross-check on an oversubscribed machine: time spent descheduled does not count).
-CLOCK: list[Callable[[], float]] = [time.perf_counter]
 
 # ================================================================================================ inputs
 
@@ -114,11 +113,12 @@ class Workload:
                 f"lengths {min(self.lengths)}-{max(self.lengths)}")
 
 
-def make_workload(name: str, lengths: list[int], seed: int, device: torch.device) -> Workload:
-    """Right-padded random token ids with the given real lengths."""
+def make_workload(name: str, lengths: list[int], seed: int, device: torch.device,
+                  vocab: int = MIN_VOCAB) -> Workload:
+    """Right-padded random token ids below ``min(vocab, MIN_VOCAB)`` with the given real lengths."""
     g = torch.Generator().manual_seed(seed)
     B, L = len(lengths), max(lengths)
-    ids = torch.randint(5, MIN_VOCAB, (B, L), generator=g)  # (B, L)
+    ids = torch.randint(5, min(vocab, MIN_VOCAB), (B, L), generator=g)  # (B, L)
     mask = (torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]).long()  # (B, L)
     ids = ids.masked_fill(mask == 0, PAD)
     return Workload(name, ids.to(device), mask.to(device), list(lengths))
@@ -231,38 +231,6 @@ def tiny_models(args: argparse.Namespace) -> list[Entry]:
 # ================================================================================================ measuring
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int, rounds: int,
-                     device: torch.device) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Seconds per call of every function, interleaved with a rotating order (load drifts hit all alike).
-
-    Returns the timed rounds and the duration of each function's first warm-up call (compilation shows there).
-    """
-    first: dict[str, float] = {}
-    for name, fn in fns.items():
-        for i in range(warmup):
-            sync(device)
-            t0 = CLOCK[0]()
-            fn()
-            sync(device)
-            if i == 0:
-                first[name] = CLOCK[0]() - t0
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    names = list(fns)
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            sync(device)
-            t0 = CLOCK[0]()
-            fns[name]()
-            sync(device)
-            times[name].append(CLOCK[0]() - t0)
-    return times, first
-
-
 def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     return ctypes.CDLL(name) if platform.system() == "Linux" and name else None
@@ -355,6 +323,7 @@ class Row:
     tokens_per_s: float
     ratio: float  # throughput / the baseline's on the same workload: median over rounds of the paired ratios
     ratio_range: tuple[float, float]  # smallest and largest paired ratio (the noise)
+    ratio_ci: tuple[float, float]  # bootstrap 95 % confidence interval of the median paired ratio
     mfu: float
     peak_mib: float | None
     first_call_s: float
@@ -384,9 +353,9 @@ def run_section(section: str, entries: list[Entry], workloads: list[Workload], m
         for name, ts in times.items():
             med = statistics.median(ts)
             # Paired by round (the calls of one round run back to back), so slow drifts in machine load cancel.
-            paired = [b / t for b, t in zip(base, ts)]
-            rows.append(Row(section, mode, w.name, name, med, min(ts), w.real_tokens / med,
-                            statistics.median(paired), (min(paired), max(paired)), flops[name] / med / peak,
+            st = paired_ratios(base, ts, speedup=True)
+            rows.append(Row(section, mode, w.name, name, med, min(ts), w.real_tokens / med, st["ratio"],
+                            st["range"], st["ci"], flops[name] / med / peak,
                             mem[name][0] if name in mem else None, first[name], ts))
         for name in fns:
             print(f"  [{section} {mode} {w.name}] {name}: {w.real_tokens / statistics.median(times[name]):,.0f} "
@@ -447,13 +416,13 @@ def markdown(report: dict[str, Any]) -> str:
         workloads = "; ".join(f"{k.split(' ', 1)[1]}: {v}" for k, v in report["workloads"].items()
                               if k.startswith(section))
         lines += [f"### {titles[section]}", "", f"Workloads: {workloads}.", "",
-            f"| mode | workload | model | tokens/s | throughput vs {baseline} (range) | MFU | peak MiB |",
-            "|---|---|---|---|---|---|---|"]
+            f"| mode | workload | model | tokens/s | throughput vs {baseline} | 95% CI | range | MFU | peak MiB |",
+            "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             mem = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:,.0f}"
-            lo, hi = r["ratio_range"]
+            (lo, hi), (clo, chi) = r["ratio_range"], r["ratio_ci"]
             lines.append(f"| {r['mode']} | {r['workload']} | {r['model']} | {r['tokens_per_s']:,.0f} | "
-                         f"**{r['ratio']:.3f}x** ({lo:.2f}-{hi:.2f}) | {r['mfu']:.1%} | {mem} |")
+                         f"**{r['ratio']:.3f}x** | {clo:.3f}-{chi:.3f} | {lo:.2f}-{hi:.2f} | {r['mfu']:.1%} | {mem} |")
         lines.append("")
     if report.get("compile"):
         c = report["compile"]
@@ -525,6 +494,8 @@ def main() -> None:
         ap.set_defaults(layers=2, fixed_batch=1, var_batch=4, rounds=2, train_rounds=1, tiny_fixed_batch=1,
                         tiny_var_batch=2, mfu_batch="8x128")
     args = ap.parse_args()
+    if args.vocab < 16:
+        raise SystemExit(f"--vocab {args.vocab}: too small for random token ids; use at least 16.")
     kept = False if args.no_keep_memory else keep_freed_memory()  # page faults would dominate CPU timings
     device = torch.device(args.device)
     if args.clock == "process":
@@ -545,8 +516,8 @@ def main() -> None:
     print(f"{dev_name}: measured {args.dtype} matmul peak {peak / 1e9:.0f} GFLOP/s", flush=True)
 
     var = variable_lengths(args.var_batch, args.var_mean, args.var_std, args.min_len, args.seq, seed=1)
-    workloads = [make_workload(f"fixed {args.seq}", [args.seq] * args.fixed_batch, 0, device),
-                 make_workload("variable", var, 1, device)]
+    workloads = [make_workload(f"fixed {args.seq}", [args.seq] * args.fixed_batch, 0, device, args.vocab),
+                 make_workload("variable", var, 1, device, args.vocab)]
     tiny_var = variable_lengths(args.tiny_var_batch, args.var_mean, args.var_std, args.min_len, args.seq, seed=2)
     tiny_workloads = [make_workload(f"fixed {args.seq}", [args.seq] * args.tiny_fixed_batch, 2, device),
                       make_workload("variable", tiny_var, 3, device)]
@@ -668,7 +639,7 @@ def mfu_section(args: argparse.Namespace, device: torch.device, peak: float) -> 
     reported, with the best round against the run's overall peak beside it.
     """
     B, L = (int(v) for v in args.mfu_batch.lower().split("x"))
-    w = make_workload(f"{B}x{L}", [L] * B, 4, device)
+    w = make_workload(f"{B}x{L}", [L] * B, 4, device, args.vocab)
     entries = geometry_models(args)
     dtype = getattr(torch, args.dtype)
     for e in entries:

@@ -3,10 +3,11 @@
 Variants, all with the same backbone weights: the plain backbone (no MoL: the baseline), MoL with weight mixing,
 MoL with output mixing, merged low-rank adapter, merged and folded (a plain backbone again), and the folded model in
 ONNX Runtime fp32 and int8 (dynamic quantisation). Batches hold padded sequences of varied length; tokens/s counts
-real tokens. Ratios against the plain backbone, measured in the same process on the same inputs, are the result
-(the machines are shared and noisy).
+real tokens. Ratios of times against the plain backbone's, paired round by round in the same process on the same
+inputs (median, bootstrap 95 % confidence interval, range; ``benchmarks/common.py``), are the result (the machines
+are shared and noisy).
 
-    python benchmarks/merge.py [--preset tiny] [--batch 16] [--max-len 128] [--threads 2] [--repeats 7]
+    python benchmarks/merge.py [--preset tiny] [--batch 16] [--max-len 128] [--threads 2] [--repeats 15]
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import json
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 # OpenMP threads that wait passively (sleep) instead of spinning: must be set before torch loads OpenMP. On a shared,
@@ -27,6 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 import torch
 
+from common import paired_ratios, time_interleaved
 from modernalbert import ModernAlbertConfig, ModernAlbertModel, merge_experts
 from modernalbert.training.memory import keep_freed_memory
 
@@ -37,7 +38,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=15, help="timed rounds")
     ap.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime variants")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
@@ -89,29 +90,25 @@ def main() -> None:
             sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
             runs[name] = lambda sess=sess: sess.run(None, feeds)
 
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    with torch.inference_mode():
-        for fn in runs.values():  # warm-up
-            fn()
-        for _ in range(args.repeats):  # interleaved: drifts in machine load hit every variant alike
-            for name, fn in runs.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
+    with torch.inference_mode():  # interleaved, rotating order: drifts in machine load hit every variant alike
+        times, _ = time_interleaved(runs, 1, args.repeats, torch.device("cpu"))
     tmp.cleanup()
 
-    base = statistics.median(times["plain backbone"])
     print(f"Deployment benchmark: preset {args.preset!r} (d={cfg.hidden_size}, L={cfg.num_hidden_layers}, "
           f"G={cfg.group_depth}, MoL groups {cfg.mol_groups}, E={cfg.num_experts}, k={cfg.num_experts_per_tok}, "
           f"r={cfg.lora_rank}), batch {args.batch} x {args.max_len} with {real_tokens} real tokens, CPU fp32, "
-          f"{args.threads} threads, median of {args.repeats}, torch {torch.__version__}")
-    print("| variant | tokens/s | time vs plain backbone |")
-    print("|---|---|---|")
+          f"{args.threads} threads, {args.repeats} rounds, torch {torch.__version__}")
+    print("| variant | tokens/s | time vs plain backbone | 95% CI | range |")
+    print("|---|---|---|---|---|")
     results = {}
     for name, ts in times.items():
         med = statistics.median(ts)
-        results[name] = {"tokens_per_s": real_tokens / med, "ratio": med / base}
-        print(f"| {name} | {real_tokens / med:,.0f} | {med / base:.3f}x |")
+        st = paired_ratios(times["plain backbone"], ts, speedup=False)
+        (lo, hi), (clo, chi) = st["range"], st["ci"]
+        results[name] = {"tokens_per_s": real_tokens / med, "ratio": st["ratio"], "ratio_ci": st["ci"],
+                         "ratio_range": st["range"], "times_s": ts}
+        print(f"| {name} | {real_tokens / med:,.0f} | **{st['ratio']:.3f}x** | {clo:.3f}-{chi:.3f} | "
+              f"{lo:.2f}-{hi:.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
 

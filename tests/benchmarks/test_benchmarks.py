@@ -1,0 +1,113 @@
+"""The benchmark scripts' arithmetic and a smoke run of each at tiny sizes (their timings are never asserted)."""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from modernalbert import PRESETS
+from modernalbert.model.modeling import GeGLU
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import encoder  # noqa: E402
+import mol_ffn  # noqa: E402
+
+
+def _addmm_flops(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * a_shape[0] * a_shape[1] * b_shape[1]  # (m, k) @ (k, n)
+
+
+def _cpu_attention_flops(q_shape, k_shape, *args, out_shape=None, **kwargs) -> int:
+    B, h, Lq, dh = q_shape
+    return 4 * B * h * Lq * k_shape[2] * dh  # scores (Lq x Lk x dh) and the weighted sum, 2 FLOPs a product
+
+
+def counted_flops(fn) -> int:
+    # The counter knows addmm but not its in-place form (the MoL executor accumulates its B terms with it), nor
+    # the CPU flash-attention kernel: both counted here as what they multiply.
+    mapping = {torch.ops.aten.addmm_: _addmm_flops,
+               torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter, torch.no_grad():
+        fn()
+    return counter.get_total_flops()
+
+
+def test_mol_ffn_rows_are_the_presets_geometries():
+    rows = mol_ffn.preset_geometries([], k=2, rank=16)
+    # medium, base and large share one FFN geometry: one row, named after all three
+    assert "tiny" in rows and "medium/base/large" in rows
+    for label in ("tiny", "medium/base/large"):
+        preset = PRESETS[label.split("/")[0]]
+        assert all(rows[label][key] == preset[key] for key in mol_ffn.GEOMETRY_KEYS)
+    assert rows["off-preset: tiny's d, f with E = 8"]["num_experts"] == 8
+
+
+def test_mol_ffn_geometry_flag_is_validated():
+    assert mol_ffn.preset_geometries(["64,96,4"], k=2, rank=8)["d=64, f=96, E=4"]["lora_rank"] == 8
+    with pytest.raises(SystemExit, match="expected three integers d,f,E"):
+        mol_ffn.preset_geometries(["64,96"], k=2, rank=8)
+
+
+@pytest.mark.parametrize("experts", [4, 8])
+def test_dense_flop_ratio_matches_counted_flops(experts):
+    """The printed FLOP floor of the dense weight-mixing executor is what the module actually multiplies."""
+    geo = dict(hidden_size=64, intermediate_size=96, num_experts=experts, num_experts_per_tok=2, lora_rank=8,
+               lora_alpha=16.0)
+    mol = mol_ffn.build("weight", geo)
+    plain = GeGLU(mol.config).eval()
+    x = torch.randn(32, 64)
+    ratio = counted_flops(lambda: mol(x)) / counted_flops(lambda: plain(x))
+    assert ratio == pytest.approx(mol_ffn.dense_flop_ratio(geo), rel=1e-9)
+
+
+def test_mol_ffn_smoke(tmp_path):
+    out = tmp_path / "mol.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "mol_ffn.py"), "--tokens", "32", "--rounds", "2", "--threads",
+         "1", "--geometry", "64,96,4", "--only", "d=64, f=96, E=4", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    row = json.loads(out.read_text())["rows"]["d=64, f=96, E=4"]
+    assert set(row["results"]) == {"plain GeGLU", "MoL weight mixing", "MoL output mixing"}
+    assert row["results"]["plain GeGLU"]["ratio"] == 1.0
+    assert all(len(r["times_s"]) == 2 for r in row["results"].values())
+    assert "| d=64, f=96, E=4 |" in run.stdout
+
+
+def tiny_geometry_args() -> argparse.Namespace:
+    return argparse.Namespace(d=64, f=96, layers=2, heads=4, vocab=512, seq=32, device="cpu", dtype="float32")
+
+
+@pytest.mark.parametrize("lengths", [[32, 32], [32, 17, 5]])
+def test_encoder_model_flops_match_counted_flops(lengths):
+    """MFU's numerator: the analytic forward FLOPs of the geometry models equal the FLOPs their forward runs
+    (ours: on real tokens only, whatever the padding; HF ModernBERT: on a batch without padding)."""
+    hf, ours = encoder.geometry_models(tiny_geometry_args())
+    w = encoder.make_workload("w", lengths, seed=0, device=torch.device("cpu"), vocab=512)
+    for entry in (hf, ours) if len(set(lengths)) == 1 else (ours,):
+        model = entry.model.eval()
+        counted = counted_flops(lambda model=model: model(input_ids=w.input_ids, attention_mask=w.attention_mask))
+        assert counted == entry.forward_flops(w.lengths), entry.name
+
+
+def test_encoder_smoke(tmp_path):
+    out = tmp_path / "enc.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "encoder.py"), "--sections", "geometry", "--d", "64", "--f", "96",
+         "--heads", "4", "--layers", "2", "--vocab", "512", "--seq", "32", "--fixed-batch", "2", "--var-batch", "3",
+         "--var-mean", "16", "--var-std", "4", "--min-len", "4", "--rounds", "2", "--train-rounds", "1",
+         "--threads", "1", "--no-memory", "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    text = json.dumps(report)
+    assert "ModernBERT (HF)" in text and "ModernAlbert G=1" in text
