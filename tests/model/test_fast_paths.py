@@ -4,6 +4,7 @@ batching."""
 
 import random
 import shutil
+import sys
 
 import pytest
 import torch
@@ -138,6 +139,66 @@ def test_sdpa_and_eager_agree_on_real_tokens():
     a = sdpa(ids, attention_mask=mask).last_hidden_state[real]
     b = eager(ids, attention_mask=mask).last_hidden_state[real]
     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def _reference_flash_varlen(calls: list):
+    """A reference for ``flash_attn.flash_attn_varlen_qkvpacked_func`` that checks its documented contract: packed
+    (total, 3, h, dh) q/k/v with a unit-stride last dim, int32 cumulative sequence offsets (B + 1,) ending at total,
+    a host-int longest length; returns (total, h, dh). Computed per sequence with plain SDPA."""
+
+    def kernel(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False, **kwargs):
+        assert qkv.dim() == 4 and qkv.shape[1] == 3 and qkv.stride(-1) == 1
+        assert cu_seqlens.dtype == torch.int32 and cu_seqlens.dim() == 1 and int(cu_seqlens[-1]) == qkv.shape[0]
+        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+        assert isinstance(max_seqlen, int) and max_seqlen == max(lengths)
+        assert not causal and dropout_p == 0.0
+        calls.append(lengths)
+        outs = []
+        for a, b in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist(), strict=True):
+            q, k, v = qkv[a:b].permute(1, 2, 0, 3)  # 3 x (h, n, dh)
+            outs.append(torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(0, 1))  # (n, h, dh)
+        return torch.cat(outs)  # (total, h, dh)
+
+    return kernel
+
+
+def test_flash_varlen_path_matches_sdpa_on_real_tokens(monkeypatch):
+    """The FlashAttention 2 varlen plumbing (unpadded rows, cu_seqlens, max_seqlen, output layout), run on CPU with
+    the kernel replaced by a contract-checking reference: equal to SDPA on real tokens, forward and backward. The
+    CUDA kernel itself needs a GPU; this checks everything around it."""
+    import importlib.machinery
+    import types
+
+    calls: list = []
+    fake = types.ModuleType("flash_attn")
+    fake.__spec__ = importlib.machinery.ModuleSpec("flash_attn", None)
+    fake.flash_attn_varlen_qkvpacked_func = _reference_flash_varlen(calls)
+    monkeypatch.setitem(sys.modules, "flash_attn", fake)
+    monkeypatch.setattr(modeling, "_check_flash_inputs", lambda qkv: None)  # the CUDA / 16-bit guard
+
+    # float64, so that only the plumbing can differ (dropout is 0 in the test preset: train mode means autograd)
+    sdpa = _model("sdpa").train().double()
+    flash = _model("sdpa").train().double()
+    flash.load_state_dict(sdpa.state_dict())
+    flash.config._attn_implementation = "flash_attention_2"
+    ids, mask = padded_batch(lengths=(7, 4, 9, 1))
+    real = mask.bool()
+    outs = {}
+    for name, model in (("sdpa", sdpa), ("flash", flash)):
+        hidden = model(ids, attention_mask=mask).last_hidden_state
+        (hidden.square() * mask[..., None]).sum().backward()
+        outs[name] = hidden.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert calls and calls[0] == [7, 4, 9, 1] and len(calls) == flash.config.num_hidden_layers
+    torch.testing.assert_close(outs["flash"][0][real], outs["sdpa"][0][real], rtol=0, atol=1e-10)
+    assert (outs["flash"][0][~real] == 0).all()
+    assert outs["flash"][1].keys() == outs["sdpa"][1].keys()
+    for n, g in outs["sdpa"][1].items():
+        torch.testing.assert_close(outs["flash"][1][n], g, rtol=1e-9, atol=1e-10, msg=n)
+
+
+def test_flash_attention_refuses_cpu_or_fp32_tensors():
+    with pytest.raises(ValueError, match=r"CUDA tensors in fp16/bf16 only \(got cpu torch.float32\).*sdpa"):
+        modeling._check_flash_inputs(torch.zeros(2, 3, 1, 4))
 
 
 @pytest.mark.parametrize("grad", [False, True])

@@ -323,7 +323,17 @@ def _eager_attention(qkv: torch.Tensor, layout: Layout, dropout: float, output_a
     return unpad_tokens(out.transpose(1, 2), layout), (probs if output_attentions else None)
 
 
+def _check_flash_inputs(qkv: torch.Tensor) -> None:
+    """FlashAttention kernels run on CUDA tensors in 16-bit only: refuse anything else with the fix."""
+    if not qkv.is_cuda or qkv.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(
+            "attn_implementation='flash_attention_2' runs on CUDA tensors in fp16/bf16 only (got "
+            f"{qkv.device.type} {qkv.dtype}); use attn_implementation='sdpa' on CPU or in fp32."
+        )
+
+
 def _flash_varlen_attention(qkv: torch.Tensor, layout: Layout, dropout: float, output_attentions: bool):
+    """FlashAttention 2 varlen on the packed real tokens: no padding, no mask; sequences located by cu_seqlens."""
     try:
         from flash_attn import flash_attn_varlen_qkvpacked_func
     except ImportError as err:  # pragma: no cover - depends on the machine
@@ -331,15 +341,12 @@ def _flash_varlen_attention(qkv: torch.Tensor, layout: Layout, dropout: float, o
             "attn_implementation='flash_attention_2' needs the `flash-attn` package (pip install flash-attn) and "
             "a CUDA GPU; use attn_implementation='sdpa' otherwise."
         ) from err
-    if not qkv.is_cuda or qkv.dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(
-            "attn_implementation='flash_attention_2' runs on CUDA tensors in fp16/bf16 only (got "
-            f"{qkv.device.type} {qkv.dtype}); use attn_implementation='sdpa' on CPU or in fp32."
-        )
-    out = flash_attn_varlen_qkvpacked_func(  # pragma: no cover - GPU only
+    _check_flash_inputs(qkv)
+    # qkv: (N, 3, h, dh) rows in layout order; cu_seqlens: (B + 1,) int32; max_seqlen: a host int (cached).
+    out = flash_attn_varlen_qkvpacked_func(
         qkv, layout.cu_seqlens, layout.max_seqlen, dropout_p=dropout, causal=False
-    )
-    return out, None  # pragma: no cover - GPU only
+    )  # (N, h, dh)
+    return out, None
 
 
 ATTENTION_FUNCTIONS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor | None]]] = {
