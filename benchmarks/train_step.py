@@ -1,7 +1,8 @@
 """Training-step throughput: ModernAlbert against ModernBERT of identical geometry, plus the ``tiny`` MoL preset.
 
 Three lines, measured interleaved in one process on the same inputs (the machines are shared and noisy: the ratio
-against ModernBERT is the result, absolute times drift):
+against ModernBERT is the result, absolute times drift; it is the median of the per-round paired ratios, with a
+bootstrap 95 % confidence interval and the range, ``benchmarks/common.py``):
 
 * ``ModernBERT``: ``transformers.ModernBertForMaskedLM``, global attention in every layer
   (``global_attn_every_n_layers=1``), no biases, dropout 0.
@@ -37,6 +38,7 @@ from collections.abc import Callable
 import torch
 from transformers import ModernBertConfig, ModernBertForMaskedLM
 
+from common import paired_ratios
 from modernalbert import ModernAlbertConfig, ModernAlbertForMaskedLM
 from modernalbert.training.memory import keep_freed_memory
 
@@ -160,22 +162,26 @@ def main() -> None:
 
     tokens = args.batch * args.seq
     labelled = int((batch["labels"] != -100).sum())
-    base = statistics.median(times["ModernBERT"])
     print(f"Training step (fwd + bwd + AdamW): batch {args.batch} x {args.seq} packed tokens, {labelled} labelled "
           f"({labelled / tokens:.1%}), {'dense' if args.dense else 'sparse'} prediction, SDPA, {args.device} "
           f"{args.dtype}, {args.threads} threads, torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}")
     print(f"Geometry: d={args.d}, L={args.layers}, h={args.heads}, f={args.f}, vocab={args.vocab}; "
           f"{args.warmup} warm-up steps, {args.rounds} interleaved rounds, freed memory kept in the heap: {kept}")
-    print("| model | parameters | median step ms | train tokens/s | throughput vs ModernBERT | page faults/step |")
-    print("|---|---|---|---|---|---|")
+    print("| model | parameters | median step ms | train tokens/s | throughput vs ModernBERT | 95% CI | range "
+          "| page faults/step |")
+    print("|---|---|---|---|---|---|---|---|")
     results = {}
     for name, ts in times.items():
         med = statistics.median(ts)
+        # Paired by round (the steps of one round run back to back), so slow drifts in machine load cancel.
+        st = paired_ratios(times["ModernBERT"], ts, speedup=True)
+        (lo, hi), (clo, chi) = st["range"], st["ci"]
         results[name] = {"parameters": params[name], "median_ms": med * 1e3, "tokens_per_s": tokens / med,
-                         "throughput_vs_modernbert": base / med, "step_ms": [t * 1e3 for t in ts],
-                         "last_loss": losses[name], "page_faults": faults[name]}
-        print(f"| {name} | {params[name] / 1e6:.2f}M | {med * 1e3:.1f} | {tokens / med:,.0f} | {base / med:.3f}x "
+                         "throughput_vs_modernbert": st["ratio"], "ratio_ci": st["ci"], "ratio_range": st["range"],
+                         "step_ms": [t * 1e3 for t in ts], "last_loss": losses[name], "page_faults": faults[name]}
+        print(f"| {name} | {params[name] / 1e6:.2f}M | {med * 1e3:.1f} | {tokens / med:,.0f} | "
+              f"**{st['ratio']:.3f}x** | {clo:.3f}-{chi:.3f} | {lo:.2f}-{hi:.2f} "
               f"| {statistics.median(faults[name]):,.0f} |")
     if args.json:
         with open(args.json, "w") as fh:

@@ -111,3 +111,18 @@ def test_encoder_smoke(tmp_path):
     report = json.loads(out.read_text())
     text = json.dumps(report)
     assert "ModernBERT (HF)" in text and "ModernAlbert G=1" in text
+
+
+def test_train_step_smoke(tmp_path):
+    out = tmp_path / "train.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--d", "64", "--heads", "4", "--f", "96",
+         "--layers", "2", "--vocab", "1000", "--batch", "2", "--seq", "32", "--rounds", "2", "--warmup", "1",
+         "--threads", "1", "--no-tiny", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"ModernBERT", "ModernAlbert G=1"}
+    assert results["ModernBERT"]["throughput_vs_modernbert"] == 1.0
+    assert all(len(r["step_ms"]) == 2 and r["last_loss"] > 0 for r in results.values())
