@@ -269,12 +269,8 @@ def peak_memory_mib(fn: Callable[[], Any], device: torch.device) -> tuple[float 
         return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024, "ru_maxrss delta (lower bound)"
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:
-    """Best FLOP/s of an n x n x n matmul over ``repeats`` tries: the machine's attainable matmul peak."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
+def matmul_rate(a: torch.Tensor, b: torch.Tensor, repeats: int, device: torch.device) -> float:
+    """Best FLOP/s of ``a @ b`` (square, n x n) over ``repeats`` timed tries."""
     best = float("inf")
     for _ in range(repeats):
         sync(device)
@@ -282,7 +278,16 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int) 
         a @ b
         sync(device)
         best = min(best, CLOCK[0]() - t0)
-    return 2 * n**3 / best
+    return 2 * a.shape[0] ** 3 / best
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:
+    """Best FLOP/s of an n x n x n matmul over ``repeats`` tries: the machine's attainable matmul peak."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    return matmul_rate(a, b, repeats, device)
 
 
 def inference_fn(model: torch.nn.Module, w: Workload) -> Callable[[], Any]:
@@ -649,14 +654,7 @@ def mfu_section(args: argparse.Namespace, device: torch.device, peak: float) -> 
     round_peaks: list[float] = []
 
     def probe() -> None:
-        best = float("inf")
-        for _ in range(3):
-            sync(device)
-            t0 = CLOCK[0]()
-            a @ b
-            sync(device)
-            best = min(best, CLOCK[0]() - t0)
-        round_peaks.append(2 * n**3 / best)
+        round_peaks.append(matmul_rate(a, b, 3, device))
 
     fns: dict[str, Callable[[], Any]] = {e.name: inference_fn(e.model, w) for e in entries}
     if args.compile:  # fused elementwise work (RoPE, GeGLU, norms): what eager mode leaves on the table
