@@ -1,9 +1,13 @@
-"""Config validation, presets and serialisation."""
+"""Config validation (a typed, strict config as transformers' own), presets and serialisation."""
+
+import json
 
 import pytest
 import torch
+from transformers import AutoConfig, AutoModelForMaskedLM
 
 from modernalbert import PRESETS, ModernAlbertConfig, ModernAlbertForMaskedLM, ModernAlbertModel, count_parameters
+from modernalbert.training.recipe import Recipe
 
 BAD_FIELDS = [
     ("vocab_size", 0),
@@ -17,7 +21,7 @@ BAD_FIELDS = [
     ("group_depth", 0),
     ("hidden_activation", "swish2"),
     ("classifier_activation", "nope"),
-    ("rope_theta", 0.0),
+    ("rope_parameters", {"rope_type": "default", "rope_theta": 0.0}),
     ("max_position_embeddings", 0),
     ("norm_eps", 0.0),
     ("initializer_range", -0.02),
@@ -42,9 +46,7 @@ BAD_FIELDS = [
     ("router_jitter", 1.0),
     ("router_aux_loss_coef", -1.0),
     ("router_z_loss_coef", -0.5),
-    ("pad_token_id", 50368),
-    ("mask_token_id", -1),
-    ("attn_implementation", "flex_attention"),
+    ("output_router_logits", "yes"),
 ]
 
 
@@ -55,6 +57,98 @@ def test_every_invalid_field_fails_fast_naming_the_field(field, value):
         kwargs["num_experts"] = 8
     with pytest.raises(ValueError, match=field):
         ModernAlbertConfig(**kwargs)
+
+
+def test_fields_are_checked_on_assignment_too():
+    config = ModernAlbertConfig()
+    with pytest.raises(ValueError, match=r"ModernAlbertConfig.lora_rank=0 is invalid: expected a number >= 1"):
+        config.lora_rank = 0
+
+
+def test_unknown_keys_are_refused_with_the_nearest_valid_name():
+    with pytest.raises(ValueError, match=r"unknown key\(s\) 'lora_rnak' \(did you mean 'lora_rank'\?\)"):
+        ModernAlbertConfig(lora_rnak=8)
+    with pytest.raises(ValueError, match="lora_rnak"):
+        ModernAlbertConfig.from_preset("test", lora_rnak=8)
+    with pytest.raises(ValueError, match=r"model.overrides.*'lora_rnak' \(did you mean 'lora_rank'\?\)"):
+        Recipe.from_dict({"model": {"preset": "test", "overrides": {"lora_rnak": 8}}})
+
+
+def test_transformers_standard_keys_are_accepted():
+    config = ModernAlbertConfig(num_labels=5, attn_implementation="eager", torch_dtype="bfloat16", use_cache=False,
+                                output_attentions=True, problem_type="multi_label_classification")
+    assert config.num_labels == 5 and len(config.id2label) == 5 and config._attn_implementation == "eager"
+    assert config.dtype == torch.bfloat16 and config.output_attentions
+    config = ModernAlbertConfig(id2label={0: "neg", 1: "pos"}, dtype="float16", return_dict=False)
+    assert config.num_labels == 2 and config.label2id is None and config.dtype == torch.float16
+
+
+def test_a_small_vocabulary_keeps_the_default_special_tokens_as_modernbert_does():
+    """transformers' generic tests build configs with vocab_size=99 and ModernBERT's token ids: accepted (with
+    transformers' warning), and the model builds and runs on ids of that vocabulary."""
+    config = ModernAlbertConfig(vocab_size=99, hidden_size=32, num_attention_heads=4, intermediate_size=40,
+                                embedding_size=16, num_hidden_layers=2, group_depth=2, mol_groups=[0])
+    model = ModernAlbertForMaskedLM(config).eval()
+    assert model.model.embeddings.tok_embeddings.padding_idx is None  # pad id 50283 cannot occur
+    logits = model(torch.randint(0, 99, (2, 5))).logits
+    assert logits.shape == (2, 5, 99) and logits.isfinite().all()
+
+
+def test_rope_uses_transformers_rope_parameters():
+    config = ModernAlbertConfig()
+    assert config.rope_parameters == {"rope_type": "default", "rope_theta": 160_000.0}
+    scaled = ModernAlbertConfig(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10_000.0})
+    assert scaled.rope_parameters["rope_type"] == "linear"
+
+
+def test_a_config_saved_with_rope_theta_still_loads(tmp_path):
+    """Configs saved before rope_parameters hold ``rope_theta`` (and no ``output_router_logits``): written here by the
+    current code, then put into that earlier form, it loads to the same RoPE and the same outputs."""
+    config = ModernAlbertConfig.from_preset("test", rope_parameters={"rope_type": "default", "rope_theta": 10_000.0})
+    model = ModernAlbertModel(config).eval()
+    model.save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["rope_parameters"], saved["output_router_logits"]
+    saved["rope_theta"] = 10_000.0
+    path.write_text(json.dumps(saved))
+    again = ModernAlbertModel.from_pretrained(tmp_path).eval()
+    assert again.config.rope_parameters == {"rope_type": "default", "rope_theta": 10_000.0}
+    ids = torch.randint(4, 512, (2, 9))
+    torch.testing.assert_close(again(ids).last_hidden_state, model(ids).last_hidden_state, rtol=0, atol=0)
+
+
+def test_a_saved_config_missing_a_field_is_refused_naming_the_file(tmp_path):
+    ModernAlbertForMaskedLM(ModernAlbertConfig.from_preset("test")).save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["lora_alpha"]
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"config\.json lacks \['lora_alpha'\]") as err:
+        ModernAlbertForMaskedLM.from_pretrained(tmp_path)
+    assert str(path) in str(err.value)
+    with pytest.raises(ValueError, match=r"lacks \['lora_alpha'\]"):
+        AutoModelForMaskedLM.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"lacks \['lora_alpha'\]"):
+        AutoConfig.from_pretrained(tmp_path)
+
+
+def test_a_saved_config_keeps_attributes_set_by_transformers(tmp_path):
+    """Trainer sets ``config.use_cache`` on the model it trains, and the key is saved: it loads back (kept as an
+    attribute, with a warning naming it), since every field is still there."""
+    model = ModernAlbertForMaskedLM(ModernAlbertConfig.from_preset("test"))
+    model.config.use_cache = False
+    model.config.my_note = "kept"
+    model.save_pretrained(tmp_path)
+    again = ModernAlbertForMaskedLM.from_pretrained(tmp_path)
+    assert again.config.my_note == "kept"  # use_cache is a generation key: transformers drops it on loading
+
+
+def test_model_refuses_an_attention_implementation_it_cannot_run():
+    with pytest.raises(ValueError, match="flex_attention"):
+        ModernAlbertModel(ModernAlbertConfig.from_preset("test", attn_implementation="flex_attention"))
+    with pytest.raises(ValueError, match="not_an_attention"):
+        ModernAlbertModel(ModernAlbertConfig.from_preset("test", attn_implementation="not_an_attention"))
 
 
 def test_lora_variant_needs_its_rank():

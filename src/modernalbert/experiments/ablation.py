@@ -65,6 +65,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..model.configuration import ModernAlbertConfig
+
 INITS = ("random", "distill")
 MATCH_KNOBS = ("lora_rank", "intermediate_size")
 BUDGET_BASES = ("non_embedding", "total")
@@ -124,6 +126,7 @@ class VariantSpec:
             _fail(f"variants: name {self.name!r} is invalid: use lower-case letters, digits, '-' and '_'.")
         if not isinstance(self.overrides, dict):
             _fail(f"variants.{self.name}.overrides must be a mapping of ModernAlbertConfig fields.")
+        ModernAlbertConfig.check_keys(self.overrides, where=f"ablation recipe variants.{self.name}.overrides")
         if self.match is not None and self.match not in MATCH_KNOBS:
             _fail(f"variants.{self.name}.match={self.match!r} is invalid: allowed are {list(MATCH_KNOBS)} or null.")
         if self.exempt and self.match is not None:
@@ -405,6 +408,7 @@ class AblationRecipe:
             _fail("model must be a mapping {preset, overrides}.")
         _check_keys(self.model, ("preset", "overrides"), "section 'model'")
         self.model.setdefault("overrides", {})
+        ModernAlbertConfig.check_keys(self.model["overrides"], where="ablation recipe model.overrides")
         if not isinstance(self.pretrain, dict):
             _fail(f"pretrain must be a mapping with the sections {list(PRETRAIN_SECTIONS)}.")
         extra = sorted(set(self.pretrain) - set(PRETRAIN_SECTIONS))

@@ -23,20 +23,36 @@ Every group owns one GeGLU FFN. ``ffn_variants`` (one entry per group) says what
   of a MoL group produces (``modernalbert.merge_experts``).
 
 ``mol_groups`` is the short form: the listed groups get ``"mol"``, the others ``"glu"``.
+
+Strictness
+----------
+The config is a typed ``@strict`` dataclass like transformers' own (``ModernBertConfig``): every field is checked for
+its type and range on construction and on assignment, and the rules that tie fields together run as ``validate_*``
+validators after construction and before saving; failures are ``ValueError`` naming the field and value. Unknown
+keyword arguments are refused with the nearest valid name (a typo must never silently fall back to a default); the
+keys transformers itself passes or sets on a config (``num_labels``, ``attn_implementation``, ``torch_dtype``,
+``use_cache``, ...) are accepted. A ``config.json`` written by ``save_pretrained`` must hold every field that shapes
+the model's outputs: a missing one is refused, naming the file.
 """
 
-from __future__ import annotations
-
 import copy
-from typing import Any, ClassVar
+import difflib
+import functools
+import os
+from collections.abc import Iterable
+from dataclasses import fields
+from typing import Any, ClassVar, Literal
 
-from transformers import PretrainedConfig
+from huggingface_hub.dataclasses import strict, validated_field
+from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
+from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
+from transformers.modeling_rope_utils import RopeParameters
+from transformers.utils import logging
 
 FFN_VARIANTS = ("glu", "mol", "rrt", "moa", "lora")
 MOL_MIXING = ("output", "weight")
 POOLING = ("cls", "mean")
-ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
-ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "relu")
 
 # ModernBERT tokenizer ids (answerdotai/ModernBERT-base); the defaults of every 50368-vocabulary preset.
 _MODERNBERT_TOKENS = dict(
@@ -163,31 +179,58 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _fail(field: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"ModernAlbertConfig.{field}={value!r} is invalid: {allowed}.")
+# Keyword arguments that are not fields but that transformers passes to, or sets on, every config (PreTrainedConfig's
+# own keys, what from_pretrained / Trainer / pipelines / PEFT add, and the legacy ``rope_theta`` of configs saved
+# before ``rope_parameters``): accepted, and handled by PreTrainedConfig.
+STANDARD_KWARGS = frozenset({
+    "num_labels", "torch_dtype", "name_or_path", "_name_or_path", "_commit_hash", "model_type", "output_attentions",
+    "attn_implementation", "experts_implementation", "_attn_implementation_internal",
+    "_experts_implementation_internal", "per_layer_config", "tie_last_hidden_states", "rope_scaling", "rope_theta",
+    "auto_map", "custom_pipelines", "quantization_config", "fusion_config", "use_cache", "gradient_checkpointing",
+    "finetuning_task", "tokenizer_class",
+})
+# Fields a saved config.json may lack, because no output depends on them (``output_router_logits``) or because they
+# may come under their legacy name (``rope_parameters`` as ``rope_theta``).
+OPTIONAL_WHEN_LOADING = frozenset({"output_router_logits", "rope_parameters"})
+logger = logging.get_logger(__name__)
 
 
-def _check_int(field: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        _fail(field, value, f"expected an integer >= {minimum}")
+def _at_least(minimum: float, *, strict_bound: bool = False, optional: bool = False):
+    """Field validator: a number >= ``minimum`` (> when ``strict_bound``); ``None`` allowed when ``optional``."""
+
+    def check(value: Any) -> None:
+        if value is None and optional:
+            return
+        if value < minimum or (strict_bound and value == minimum):
+            raise ValueError(f"expected a number {'>' if strict_bound else '>='} {minimum}, got {value!r}")
+
+    return check
 
 
-def _check_float(field: str, value: Any, low: float, high: float | None = None, *, open_low: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        ok = value > low if open_low else value >= low
-        ok = ok and (high is None or value <= high)
-    if not ok:
-        bound = f"{'>' if open_low else '>='} {low}" + (f" and <= {high}" if high is not None else "")
-        _fail(field, value, f"expected a number {bound}")
+def _unit_interval(value: Any) -> None:
+    """Field validator: a number in [0, 1]."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"expected a number in [0, 1], got {value!r}")
 
 
-def _check_choice(field: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        _fail(field, value, f"allowed values are {list(allowed)}")
+def _probability(value: Any) -> None:
+    """Field validator: a dropout-like probability in [0, 1)."""
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"expected a probability in [0, 1), got {value!r}")
 
 
-class ModernAlbertConfig(PretrainedConfig):
+def _activation(value: Any) -> None:
+    if value not in ACT2FN:
+        raise ValueError(f"unknown activation {value!r}: use a name from transformers.activations.ACT2FN, e.g. "
+                         "'gelu', 'gelu_pytorch_tanh', 'silu'")
+
+
+def _field(validator, default: Any) -> Any:
+    return validated_field(validator, default=default)
+
+
+@strict
+class ModernAlbertConfig(PreTrainedConfig):
     r"""Configuration of a ModernALBERT encoder (see the module docstring for the recursion vocabulary).
 
     Args:
@@ -199,9 +242,11 @@ class ModernAlbertConfig(PretrainedConfig):
         intermediate_size: GeGLU width f (``Wi`` maps d to 2f).
         num_hidden_layers: Effective depth L.
         group_depth: Layers per shared block G; L must be divisible by G.
-        hidden_activation: Activation of the GeGLU gate branch.
-        rope_theta: RoPE base (160 000, ModernBERT's global value).
-        max_position_embeddings: Longest sequence accepted.
+        hidden_activation: Activation of the GeGLU gate branch (a ``transformers.activations.ACT2FN`` name).
+        rope_parameters: RoPE, transformers' 5.x form ``{"rope_type": ..., "rope_theta": ...}``; default
+            ``{"rope_type": "default", "rope_theta": 160000.0}`` (ModernBERT's global base). Any transformers RoPE
+            type (``linear``, ``dynamic``, ``yarn``, ...) applies. Configs saved with ``rope_theta`` still load.
+        max_position_embeddings: The pretraining context length (scaled RoPE types extrapolate beyond it).
         norm_eps: LayerNorm epsilon (all norms are bias-free).
         initializer_range: Std of the truncated-normal init; output projections use
             ``initializer_range / sqrt(2 * num_hidden_layers)`` with the *effective* depth.
@@ -213,7 +258,7 @@ class ModernAlbertConfig(PretrainedConfig):
         classifier_pooling: ``"cls"`` (first real token) or ``"mean"`` (mean over real tokens).
         classifier_activation: Activation of the prediction heads.
         mol_groups: 0-based groups whose FFN gets a Mixture of LoRAs (short form of ``ffn_variants``).
-        ffn_variants: One of ``"glu" | "mol" | "rrt" | "moa"`` per group; overrides ``mol_groups``.
+        ffn_variants: One of ``"glu" | "mol" | "rrt" | "moa" | "lora"`` per group; overrides ``mol_groups``.
         num_experts: E, experts per MoL / MoA group.
         num_experts_per_tok: k, experts routed per token.
         lora_rank: r, rank of every LoRA expert (and the MoA bottleneck width, our choice).
@@ -221,10 +266,14 @@ class ModernAlbertConfig(PretrainedConfig):
         mol_mixing: ``"output"`` (each expert makes its own FFN, outputs mixed: the paper's equation, default) or
             ``"weight"`` (experts mix in weight space, one nonlinearity; dense executor).
         router_jitter: Switch-style multiplicative input jitter on the router input during training (ours: 0).
-        router_aux_loss_coef: Weight of the Switch load-balance loss added to the task loss (ours: 0.01).
-        router_z_loss_coef: Weight of the router z-loss added to the task loss (ours: 0.001).
+        router_aux_loss_coef: Weight of the Switch load-balance loss added to the loss whenever labels are given
+            (ours: 0.01).
+        router_z_loss_coef: Weight of the router z-loss added to the loss whenever labels are given (ours: 0.001).
         router_ema_decay: Decay of the per-group moving average of routed probability mass per expert, kept
             during training and saved with the model; merging with ``weights="router"`` reads it (ours: 0.99).
+        output_router_logits: Return the router outputs (``router_logits``, the router losses, expert usage) with
+            every forward, as transformers' MoE models (Mixtral, Switch) do; off by default so that the outputs are
+            what any encoder returns. The router losses enter the loss whenever labels are given, either way.
         adapter_rank: Rank of the ``"lora"`` variant's adapter (set by merging).
         merge_info: How a merged model was merged (set by ``merge_experts``); ``None`` otherwise.
         sparse_prediction: MaskedLM computes logits only at labelled positions when labels are given.
@@ -232,9 +281,18 @@ class ModernAlbertConfig(PretrainedConfig):
         cls_token_id: Id of the CLS token.
         sep_token_id: Id of the SEP token.
 
+    Special-token ids outside the vocabulary are accepted with transformers' warning, as ``ModernBertConfig``
+    accepts them (a small test vocabulary keeps the ModernBERT defaults).
+
     The attention implementation is chosen the Hugging Face way (``attn_implementation=`` on the config or on
-    ``from_pretrained``): ``"sdpa"`` (default, exact reference), ``"eager"`` (returns attention probabilities)
-    or ``"flash_attention_2"`` (varlen kernel on unpadded tokens; needs the ``flash-attn`` package and a GPU).
+    ``from_pretrained``, or ``model.set_attn_implementation``): ``"sdpa"`` (default, exact reference),
+    ``"eager"`` (returns attention probabilities), ``"flash_attention_2"`` (varlen kernel on unpadded tokens; needs
+    the ``flash-attn`` package and a GPU), or any implementation registered in transformers' ``AttentionInterface``.
+
+    Raises:
+        ValueError: Naming the field and value: an unknown keyword (with the nearest valid one), a field of the wrong
+            type or out of range (also on assignment), or fields that do not fit together (e.g. a depth that the
+            group depth does not divide, contradictory ``mol_groups`` / ``ffn_variants``).
 
     Example:
         >>> from modernalbert import ModernAlbertConfig
@@ -244,39 +302,44 @@ class ModernAlbertConfig(PretrainedConfig):
     """
 
     model_type = "modernalbert"
-    keys_to_ignore_at_inference: ClassVar[list[str]] = []
+    default_theta = 160_000.0
+    # What Trainer's evaluation leaves out of the logits it hands to compute_metrics.
+    keys_to_ignore_at_inference: ClassVar[list[str]] = [
+        "router_logits", "router_aux_loss", "router_z_loss", "expert_usage", "router_probs",
+    ]
 
-    vocab_size: int = 50368
-    embedding_size: int | None = 128
-    hidden_size: int = 768
-    num_attention_heads: int = 12
-    intermediate_size: int = 1152
-    num_hidden_layers: int = 16
-    group_depth: int = 2
-    hidden_activation: str = "gelu"
-    rope_theta: float = 160_000.0
-    max_position_embeddings: int = 8192
-    norm_eps: float = 1e-5
-    initializer_range: float = 0.02
-    initializer_cutoff_factor: float = 2.0
-    embedding_dropout: float = 0.0
-    attention_dropout: float = 0.0
-    mlp_dropout: float = 0.0
-    classifier_dropout: float = 0.0
-    classifier_pooling: str = "cls"
-    classifier_activation: str = "gelu"
+    vocab_size: int = _field(_at_least(1), 50368)
+    embedding_size: int | None = _field(_at_least(1, optional=True), 128)
+    hidden_size: int = _field(_at_least(1), 768)
+    num_attention_heads: int = _field(_at_least(1), 12)
+    intermediate_size: int = _field(_at_least(1), 1152)
+    num_hidden_layers: int = _field(_at_least(1), 16)
+    group_depth: int = _field(_at_least(1), 2)
+    hidden_activation: str = _field(_activation, "gelu")
+    rope_parameters: RopeParameters | dict | None = None
+    max_position_embeddings: int = _field(_at_least(1), 8192)
+    norm_eps: float = _field(_at_least(0.0, strict_bound=True), 1e-5)
+    initializer_range: float = _field(_at_least(0.0, strict_bound=True), 0.02)
+    initializer_cutoff_factor: float | int = _field(_at_least(0.0, strict_bound=True), 2.0)
+    embedding_dropout: float | int = _field(_probability, 0.0)
+    attention_dropout: float | int = _field(_probability, 0.0)
+    mlp_dropout: float | int = _field(_probability, 0.0)
+    classifier_dropout: float | int = _field(_probability, 0.0)
+    classifier_pooling: Literal["cls", "mean"] = "cls"
+    classifier_activation: str = _field(_activation, "gelu")
     mol_groups: list[int] | None = None
-    ffn_variants: list[str] | None = None
-    num_experts: int = 4
-    num_experts_per_tok: int = 2
-    lora_rank: int = 16
-    lora_alpha: float = 32.0
-    mol_mixing: str = "output"
-    router_jitter: float = 0.0
-    router_aux_loss_coef: float = 0.01
-    router_z_loss_coef: float = 0.001
-    router_ema_decay: float = 0.99
-    adapter_rank: int | None = None
+    ffn_variants: list[Literal["glu", "mol", "rrt", "moa", "lora"]] | None = None
+    num_experts: int = _field(_at_least(1), 4)
+    num_experts_per_tok: int = _field(_at_least(1), 2)
+    lora_rank: int = _field(_at_least(1), 16)
+    lora_alpha: float | int = _field(_at_least(0.0, strict_bound=True), 32.0)
+    mol_mixing: Literal["output", "weight"] = "output"
+    router_jitter: float | int = _field(_probability, 0.0)
+    router_aux_loss_coef: float | int = _field(_at_least(0.0), 0.01)
+    router_z_loss_coef: float | int = _field(_at_least(0.0), 0.001)
+    router_ema_decay: float | int = _field(_unit_interval, 0.99)
+    output_router_logits: bool = False
+    adapter_rank: int | None = _field(_at_least(1, optional=True), None)
     merge_info: dict | None = None
     sparse_prediction: bool = False
     pad_token_id: int | None = 50283
@@ -288,9 +351,9 @@ class ModernAlbertConfig(PretrainedConfig):
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
+        self.check_keys(kwargs, where="ModernAlbertConfig")
         self._resolve_ffn_variants()
         super().__post_init__(**kwargs)
-        self.validate()
 
     # ------------------------------------------------------------------------------------------------ derived
     @property
@@ -312,14 +375,94 @@ class ModernAlbertConfig(PretrainedConfig):
         """The group (unique block) that effective layer ``layer`` runs."""
         return layer // self.group_depth
 
+    # -------------------------------------------------------------------------------------------- keys
+    @classmethod
+    def valid_keys(cls) -> set[str]:
+        """Every keyword the config accepts: its fields and transformers' standard keys (``STANDARD_KWARGS``)."""
+        return {f.name for f in fields(cls)} | STANDARD_KWARGS
+
+    @classmethod
+    def check_keys(cls, keys: Iterable[str], where: str) -> None:
+        """Refuse keys that are neither fields nor transformers' standard keys, naming the nearest valid one.
+
+        Args:
+            keys: The keys to check (e.g. a recipe's ``model.overrides``).
+            where: What holds them, for the message (``"ModernAlbertConfig"``, ``"recipe model.overrides"``).
+
+        Raises:
+            ValueError: An unknown key, e.g. ``lora_rnak`` (did you mean ``lora_rank``?).
+        """
+        valid = cls.valid_keys()
+        unknown = sorted(k for k in keys if k not in valid)
+        if unknown:
+            hints = []
+            for key in unknown:
+                near = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
+                hints.append(f"{key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+            raise ValueError(f"{where}: unknown key(s) {', '.join(hints)}. Valid keys are the ModernAlbertConfig "
+                             "fields (see its docstring) and transformers' standard config keys.")
+
+    @staticmethod
+    def _is_saved(config_dict: dict[str, Any]) -> bool:
+        """Whether a dict was written by ``save_pretrained`` (which always writes ``transformers_version``)."""
+        return config_dict.get("model_type") == ModernAlbertConfig.model_type and "transformers_version" in config_dict
+
+    @classmethod
+    def check_saved_keys(cls, config_dict: dict[str, Any], source: str = "config.json") -> None:
+        """Refuse a config written by ``save_pretrained`` that lacks a field: its default would silently change the
+        model's outputs. Dicts not written by ``save_pretrained`` (no ``transformers_version``) are not checked.
+
+        Raises:
+            ValueError: Naming ``source`` and the missing keys.
+        """
+        if not cls._is_saved(config_dict):
+            return
+        own = {f.name for f in fields(cls)} - {f.name for f in fields(PreTrainedConfig)}
+        missing = sorted(k for k in own - OPTIONAL_WHEN_LOADING if k not in config_dict)
+        if "rope_parameters" not in config_dict and "rope_theta" not in config_dict:
+            missing.append("rope_parameters")
+        if missing:
+            raise ValueError(
+                f"{source} lacks {missing}: a saved ModernAlbert config holds every field, and a default in place of "
+                "the trained value would change the model's outputs. Restore the key(s) from the training run's "
+                "config (save_pretrained writes them all)."
+            )
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict[str, Any]:
+        config_dict = super()._dict_from_json_file(json_file)
+        cls.check_saved_keys(config_dict, source=str(json_file))
+        return config_dict
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """transformers' ``from_dict``, refusing an incomplete saved config (see :meth:`check_saved_keys`).
+
+        Keys of a *saved* config that are not ours are kept as attributes, with a warning rather than an error:
+        transformers' own tools set attributes on the configs they save (e.g. Trainer's ``use_cache``), and the
+        saved fields, all present, still determine the model. Constructor keywords are refused instead.
+        """
+        extra = {}
+        if cls._is_saved(config_dict):
+            cls.check_saved_keys(config_dict)
+            valid = cls.valid_keys()
+            extra = {k: v for k, v in config_dict.items() if k not in valid}
+            if extra:
+                logger.warning(f"The saved ModernAlbert config holds keys that are not config fields, kept as "
+                               f"attributes the model does not read: {sorted(extra)}.")
+                config_dict = {k: v for k, v in config_dict.items() if k not in extra}
+        result = super().from_dict(config_dict, **kwargs)
+        config = result[0] if isinstance(result, tuple) else result
+        for key, value in extra.items():
+            setattr(config, key, value)
+        return result
+
     # ----------------------------------------------------------------------------------------- validation
     def _resolve_ffn_variants(self) -> None:
-        if self.num_hidden_layers and self.group_depth and self.num_hidden_layers % self.group_depth == 0:
-            groups = self.num_hidden_layers // self.group_depth
-        else:
-            return  # validate() reports the bad depth
+        if self.num_hidden_layers % self.group_depth:
+            return  # validate_recursion reports the bad depth
+        groups = self.num_hidden_layers // self.group_depth
         if self.ffn_variants is not None:
-            self.ffn_variants = list(self.ffn_variants)
             derived = [i for i, v in enumerate(self.ffn_variants) if v == "mol"]
             if self.mol_groups is not None and sorted(self.mol_groups) != derived:
                 raise ValueError(
@@ -329,80 +472,45 @@ class ModernAlbertConfig(PretrainedConfig):
             self.mol_groups = derived
             return
         mol = [] if self.mol_groups is None else list(self.mol_groups)
-        for g in mol:
-            if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g < groups:
-                _fail("mol_groups", self.mol_groups, f"expected 0-based group indices in [0, {groups - 1}]")
-        if len(set(mol)) != len(mol):
-            _fail("mol_groups", self.mol_groups, "group indices must be unique")
+        if any(not 0 <= g < groups for g in mol) or len(set(mol)) != len(mol):
+            raise ValueError(f"ModernAlbertConfig.mol_groups={self.mol_groups!r} is invalid: expected unique 0-based "
+                             f"group indices in [0, {groups - 1}].")
         self.mol_groups = sorted(mol)
         self.ffn_variants = ["mol" if g in mol else "glu" for g in range(groups)]
 
-    def validate(self) -> None:
-        """Check every field; raise ``ValueError`` naming the field and what is allowed."""
-        _check_int("vocab_size", self.vocab_size, 1)
-        if self.embedding_size is not None:
-            _check_int("embedding_size", self.embedding_size, 1)
-        _check_int("hidden_size", self.hidden_size, 1)
-        _check_int("num_attention_heads", self.num_attention_heads, 1)
+    def validate_architecture(self) -> None:
+        """Heads divide the width, and RoPE needs an even head size (runs before transformers' RoPE check)."""
+        super().validate_architecture()
         if self.hidden_size % self.num_attention_heads:
-            _fail("num_attention_heads", self.num_attention_heads,
-                  f"hidden_size={self.hidden_size} must be divisible by it")
+            raise ValueError(f"num_attention_heads={self.num_attention_heads}: hidden_size={self.hidden_size} must "
+                             "be divisible by it.")
         if self.head_dim % 2:
-            _fail("num_attention_heads", self.num_attention_heads,
-                  f"RoPE needs an even head size, got hidden_size / heads = {self.head_dim}")
-        _check_int("intermediate_size", self.intermediate_size, 1)
-        _check_int("num_hidden_layers", self.num_hidden_layers, 1)
-        _check_int("group_depth", self.group_depth, 1)
+            raise ValueError(f"num_attention_heads={self.num_attention_heads}: RoPE needs an even head size, got "
+                             f"hidden_size / heads = {self.head_dim}.")
+        theta = (self.rope_parameters or {}).get("rope_theta")
+        if not isinstance(theta, (int, float)) or isinstance(theta, bool) or not theta > 0:
+            raise ValueError(f"rope_parameters={self.rope_parameters!r}: rope_theta must be a number > 0.")
+
+    def validate_recursion(self) -> None:
+        """The group depth divides the depth, and there is one FFN variant per group."""
         if self.num_hidden_layers % self.group_depth:
-            _fail("group_depth", self.group_depth,
-                  f"num_hidden_layers={self.num_hidden_layers} must be divisible by it")
-        _check_choice("hidden_activation", self.hidden_activation, ACTIVATIONS)
-        _check_choice("classifier_activation", self.classifier_activation, ACTIVATIONS)
-        _check_float("rope_theta", self.rope_theta, 0.0, open_low=True)
-        _check_int("max_position_embeddings", self.max_position_embeddings, 1)
-        _check_float("norm_eps", self.norm_eps, 0.0, open_low=True)
-        _check_float("initializer_range", self.initializer_range, 0.0, open_low=True)
-        _check_float("initializer_cutoff_factor", self.initializer_cutoff_factor, 0.0, open_low=True)
-        for name in ("embedding_dropout", "attention_dropout", "mlp_dropout", "classifier_dropout"):
-            _check_float(name, getattr(self, name), 0.0, 1.0)
-            if getattr(self, name) == 1.0:
-                _fail(name, 1.0, "a dropout probability must be < 1")
-        _check_choice("classifier_pooling", self.classifier_pooling, POOLING)
-        if not isinstance(self.ffn_variants, list) or len(self.ffn_variants) != self.num_hidden_groups:
-            _fail("ffn_variants", self.ffn_variants,
-                  f"expected a list of {self.num_hidden_groups} entries (one per group) from {list(FFN_VARIANTS)}")
-        for v in self.ffn_variants:
-            if v not in FFN_VARIANTS:
-                _fail("ffn_variants", self.ffn_variants, f"every entry must be one of {list(FFN_VARIANTS)}")
-        _check_int("num_experts", self.num_experts, 1)
-        _check_int("num_experts_per_tok", self.num_experts_per_tok, 1)
+            raise ValueError(f"group_depth={self.group_depth}: num_hidden_layers={self.num_hidden_layers} must be "
+                             "divisible by it.")
+        if self.ffn_variants is None or len(self.ffn_variants) != self.num_hidden_groups:
+            raise ValueError(f"ffn_variants={self.ffn_variants!r}: expected {self.num_hidden_groups} entries (one "
+                             f"per group) from {list(FFN_VARIANTS)}.")
+
+    def validate_experts(self) -> None:
+        """Top-k within the experts, and a rank for the merged ``"lora"`` variant."""
         if self.num_experts_per_tok > self.num_experts:
-            _fail("num_experts_per_tok", self.num_experts_per_tok,
-                  f"top-k cannot exceed num_experts={self.num_experts}")
-        _check_int("lora_rank", self.lora_rank, 1)
-        _check_float("lora_alpha", self.lora_alpha, 0.0, open_low=True)
-        _check_choice("mol_mixing", self.mol_mixing, MOL_MIXING)
-        _check_float("router_jitter", self.router_jitter, 0.0, 1.0)
-        if self.router_jitter == 1.0:
-            _fail("router_jitter", 1.0, "jitter must be < 1 (inputs are scaled by U(1 - jitter, 1 + jitter))")
-        _check_float("router_aux_loss_coef", self.router_aux_loss_coef, 0.0)
-        _check_float("router_z_loss_coef", self.router_z_loss_coef, 0.0)
-        _check_float("router_ema_decay", self.router_ema_decay, 0.0, 1.0)
-        if "lora" in self.ffn_variants or self.adapter_rank is not None:
-            _check_int("adapter_rank", self.adapter_rank, 1)
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id",
-                     "mask_token_id"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or not 0 <= value < self.vocab_size):
-                _fail(name, value, f"expected None or an id in [0, vocab_size={self.vocab_size})")
-        impl = getattr(self, "_attn_implementation", None)
-        if impl is not None and impl not in ATTENTION_IMPLEMENTATIONS:
-            _fail("attn_implementation", impl, f"allowed values are {list(ATTENTION_IMPLEMENTATIONS)}")
+            raise ValueError(f"num_experts_per_tok={self.num_experts_per_tok}: top-k cannot exceed "
+                             f"num_experts={self.num_experts}.")
+        if "lora" in (self.ffn_variants or []) and self.adapter_rank is None:
+            raise ValueError("adapter_rank=None: the 'lora' FFN variant needs its adapter rank.")
 
     # -------------------------------------------------------------------------------------------- presets
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> ModernAlbertConfig:
+    def from_preset(cls, name: str, **overrides: Any) -> "ModernAlbertConfig":
         """Build a named preset, with keyword overrides.
 
         Args:
@@ -414,7 +522,7 @@ class ModernAlbertConfig(PretrainedConfig):
             The validated config.
 
         Raises:
-            ValueError: Unknown preset name, or an invalid field.
+            ValueError: Unknown preset name, unknown override key or invalid value.
         """
         if name not in PRESETS:
             raise ValueError(f"Unknown ModernAlbert preset {name!r}: available presets are {sorted(PRESETS)}.")
@@ -425,4 +533,35 @@ class ModernAlbertConfig(PretrainedConfig):
         return cls(**values)
 
 
-__all__ = ["ATTENTION_IMPLEMENTATIONS", "FFN_VARIANTS", "MOL_MIXING", "PRESETS", "ModernAlbertConfig"]
+def _value_errors(cls: type) -> type:
+    """Report the strict dataclass's failures as ``ValueError`` naming the field and value (as every other config of
+    this project does, so that the command line shows one line): a field's type or range on construction and on
+    assignment, and the ``validate_*`` rules. (This file is also the Hub remote code: it imports nothing of ours.)"""
+    strict_setattr, strict_init, strict_validate = cls.__setattr__, cls.__init__, cls.validate
+
+    def checked_setattr(self: Any, key: str, value: Any) -> None:
+        try:
+            strict_setattr(self, key, value)
+        except StrictDataclassFieldValidationError as err:
+            raise ValueError(f"ModernAlbertConfig.{key}={value!r} is invalid: {err.__cause__}") from None
+
+    def rule_errors(method: Any) -> Any:
+        @functools.wraps(method)
+        def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except StrictDataclassClassValidationError as err:  # a validate_* rule's own ValueError
+                raise err.__cause__ from None
+
+        return checked
+
+    cls.__setattr__, cls.__init__ = checked_setattr, rule_errors(strict_init)
+    cls.validate = rule_errors(strict_validate)
+    return cls
+
+
+_value_errors(ModernAlbertConfig)
+ModernAlbertConfig.register_for_auto_class()  # save_pretrained copies this file next to the weights (remote code)
+
+__all__ = ["FFN_VARIANTS", "MOL_MIXING", "PRESETS", "STANDARD_KWARGS",
+           "ModernAlbertConfig"]

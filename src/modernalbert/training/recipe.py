@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import yaml
 
 from ..distill.losses import DistillConfig
+from ..model.configuration import ModernAlbertConfig
 from ..utils import dataclass_from_mapping
 
 
@@ -29,6 +30,11 @@ class ModelSection:
 
     preset: str = "mini"
     overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.overrides, dict):
+            raise ValueError("model.overrides must be a mapping of ModernAlbertConfig fields.")
+        ModernAlbertConfig.check_keys(self.overrides, where="recipe model.overrides")
 
 
 @dataclass
