@@ -59,7 +59,7 @@ def test_single_batch_matches_model_outputs(tmp_path, tokenizer, texts):
     report = routing_report(model, tokenizer, texts, tmp_path, batch_size=len(texts))
     enc = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
     with torch.no_grad():
-        out = model(**enc)
+        out = model(**enc, output_router_logits=True)
     rows = report["positions"]
     assert [(r["layer"], r["group"], r["position"]) for r in rows] == [(2, 1, 0), (3, 1, 1)]
     assert len(rows) == out.expert_usage.shape[0]
@@ -176,7 +176,7 @@ def test_head_model_moa_variant_and_hooks_removed(tmp_path, tokenizer, texts):
     assert routed_layers(model.model) == [(0, 0, 0), (1, 0, 1), (2, 1, 0), (3, 1, 1)]
     enc = tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
-        out = model.eval()(**enc)
+        out = model.eval()(**enc, output_router_logits=True)
     usage = torch.tensor([r["expert_usage"] for r in report["positions"]], dtype=torch.float64)  # (P, E)
     torch.testing.assert_close(usage, out.expert_usage.double(), atol=1e-7, rtol=0)
     for module in model.modules():

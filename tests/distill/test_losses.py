@@ -109,3 +109,26 @@ def test_bad_configuration_is_refused():
         DistillConfig.from_dict({"hiden_weight": 1})
     with pytest.raises(ValueError, match="temperature"):
         DistillConfig(temperature=0)
+
+
+def test_a_student_initialised_from_modernbert_has_no_hidden_state_loss():
+    """A group_depth=1 student with the teacher's depth, initialised from a ModernBERT teacher (global attention in
+    every layer: the student's pattern), reproduces every teacher hidden state, the last one (after the final
+    norm, transformers' convention on both sides) included: the hidden-state loss compares like with like."""
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    from modernalbert import ModernAlbertConfig, load_modernbert_weights
+
+    ids_cfg = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    torch.manual_seed(0)
+    teacher = ModernBertForMaskedLM(ModernBertConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        global_attn_every_n_layers=1, **ids_cfg)).eval()
+    student = ModernAlbertForMaskedLM(ModernAlbertConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        group_depth=1, embedding_size=None, mask_token_id=3, **ids_cfg))
+    assert load_modernbert_weights(student, teacher).fresh == []
+    d = Distiller(student.eval(), teacher, DistillConfig(hidden_loss="mse"))
+    assert d.layer_map == {1: 1, 2: 2, 3: 3}  # the last pair is each model's final, normed state
+    # fp32 rounding only; with the student's last state taken before its final norm it is ~1e-4 here
+    assert d(*_batch()).parts["hidden"] < 1e-8

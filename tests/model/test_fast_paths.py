@@ -76,15 +76,15 @@ def test_per_sequence_sdpa_matches_the_padded_reference(monkeypatch):
     mask[3] = 0  # a row without any real token
     calls = []
 
-    def per_sequence(qkv, layout, dropout, output_attentions):
+    def per_sequence(qkv, layout, dropout):
         calls.append(layout.seq_lengths)
-        return modeling._sdpa_per_sequence(qkv, layout, dropout), None
+        return modeling._sdpa_per_sequence(qkv, layout, dropout)
 
-    def padded(qkv, layout, dropout, output_attentions):
-        return modeling._sdpa_padded(qkv, layout, dropout), None
+    def padded(qkv, layout, dropout):
+        return modeling._sdpa_padded(qkv, layout, dropout)
 
     def run(impl, dtype=torch.float32) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        monkeypatch.setitem(modeling.ATTENTION_FUNCTIONS, "sdpa", impl)
+        monkeypatch.setitem(modeling.UNPADDED_ATTENTION_FUNCTIONS, "sdpa", impl)
         model.to(dtype).zero_grad(set_to_none=True)
         hidden = model(ids, attention_mask=mask).last_hidden_state  # (B, L, d)
         (hidden.square() * mask[..., None]).sum().backward()
@@ -206,7 +206,7 @@ def test_rope_equals_rotate_half_reference(grad):
     """In place without autograd, out of place with it: both equal ModernBERT's rotate-half form; v is untouched."""
     model = _model()
     positions = torch.tensor([0, 1, 5, 17, 200])
-    cos, signed_sin = model.rotary_emb(positions)  # (N, 1, 1, dh) each
+    cos, signed_sin = modeling.rope_tables(*model.rotary_emb(torch.empty(0), positions))  # (N, 1, 1, dh) each
     qkv = torch.randn(5, 3, 4, model.config.head_dim, requires_grad=grad)
     freqs = positions[:, None].float() * model.rotary_emb.inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)[:, None, None, :]  # (N, 1, 1, dh)
@@ -227,7 +227,8 @@ def test_rope_equals_rotate_half_reference(grad):
 
 def test_rope_closed_form_backward_passes_gradcheck():
     model = _model()
-    cos, signed_sin = (t.double() for t in model.rotary_emb(torch.tensor([0, 3, 9])))
+    tables = modeling.rope_tables(*model.rotary_emb(torch.empty(0), torch.tensor([0, 3, 9])))
+    cos, signed_sin = (t.double() for t in tables)
     qkv = torch.randn(3, 3, 2, model.config.head_dim, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: modeling._RotaryQK.apply(t, cos, signed_sin), (qkv,))
 
@@ -267,8 +268,8 @@ def test_compiled_model_matches_eager(mixing):
     ids, mask = padded_batch(lengths=(7, 4, 9))
     compiled = torch.compile(model)
     with torch.inference_mode():
-        ref = model(ids, attention_mask=mask)
-        out = compiled(ids, attention_mask=mask)
+        ref = model(ids, attention_mask=mask, output_router_logits=True)
+        out = compiled(ids, attention_mask=mask, output_router_logits=True)
     real = mask.bool()
     torch.testing.assert_close(out.last_hidden_state[real], ref.last_hidden_state[real], rtol=0, atol=1e-5)
     torch.testing.assert_close(out.expert_usage, ref.expert_usage, rtol=0, atol=1e-6)

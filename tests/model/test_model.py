@@ -48,7 +48,7 @@ def test_state_dict_holds_unique_parameters_only():
     n_params = sum(p.numel() for p in model.parameters())  # parameters() yields tied tensors once
     assert count_parameters(model).unique == n_params
     assert model.decoder.weight is model.model.embeddings.tok_embeddings.weight
-    assert model.unembed.weight is model.model.embeddings.proj.weight
+    assert not any("unembed" in k for k in keys)  # the output side of the factorisation is embeddings.proj itself
 
 
 def closed_form_unique(cfg: ModernAlbertConfig) -> int:
@@ -94,14 +94,42 @@ def test_effective_count_unrolls_the_recursion():
 # -------------------------------------------------------------------------------------------------- outputs
 
 
-def test_hidden_states_have_one_entry_per_effective_layer():
-    model = ModernAlbertModel(small_config(num_hidden_layers=6, group_depth=3)).eval()
+def test_default_outputs_are_a_plain_encoders_and_router_outputs_come_on_request():
+    """The MoE convention (Mixtral, Switch): no router field unless ``output_router_logits`` (argument or config)."""
+    model = ModernAlbertForMaskedLM(small_config()).eval()
     ids, mask = padded_batch(lengths=(5, 3))
-    out = model(ids, attention_mask=mask, output_hidden_states=True)
-    assert len(out.hidden_states) == 7
+    out = model(ids, attention_mask=mask)
+    assert list(out.keys()) == ["logits"] and len(out.to_tuple()) == 1
+    out = model(ids, attention_mask=mask, output_router_logits=True)
+    assert list(out.keys()) == ["logits", "router_logits", "router_aux_loss", "router_z_loss", "expert_usage",
+                                "router_probs"]
+    n_real = int(mask.sum())
+    assert len(out.router_logits) == 2 and out.router_logits[0].shape == (n_real, 4)  # (N, E) per routed call
+    assert out.router_logits[0].dtype == torch.float32
+    model.config.output_router_logits = True
+    assert "expert_usage" in model(ids, attention_mask=mask)
+    assert "expert_usage" not in model(ids, attention_mask=mask, output_router_logits=False)
+    assert model.config.keys_to_ignore_at_inference == ["router_logits", "router_aux_loss", "router_z_loss",
+                                                        "expert_usage", "router_probs"]
+
+
+def test_hidden_states_follow_transformers_convention_and_carry_gradient():
+    """L + 1 entries: the embedding output, every effective layer but the last, then ``last_hidden_state`` itself
+    (after the final norm), as transformers' ModernBERT returns them; each one is part of the graph."""
+    model = ModernAlbertModel(small_config(num_hidden_layers=6, group_depth=3))
+    randomize_adapters(model)
+    ids, mask = padded_batch(lengths=(5, 3))
+    out = model(ids, attention_mask=mask, output_hidden_states=True, output_router_logits=True)
+    assert len(out.hidden_states) == 7 and out.hidden_states[-1] is out.last_hidden_state
     assert out.expert_usage.shape == (3, 4)  # MoL group 1 runs at 3 effective layers
-    final = model.final_norm(out.hidden_states[-1][mask.bool()])
-    torch.testing.assert_close(final, out.last_hidden_state[mask.bool()])
+    assert all((h[~mask.bool()] == 0).all() for h in out.hidden_states)  # zeros at pads
+    for h in out.hidden_states:
+        h.retain_grad()
+    out.last_hidden_state[mask.bool()].square().sum().backward(retain_graph=True)
+    assert all(h.grad is not None and h.grad[mask.bool()].abs().sum() > 0 for h in out.hidden_states)
+    middle = out.hidden_states[3]
+    (grad,) = torch.autograd.grad(out.last_hidden_state.sum(), middle)
+    assert grad.shape == middle.shape and grad[mask.bool()].abs().sum() > 0
 
 
 @pytest.mark.parametrize("cls", HEADS)
@@ -122,18 +150,21 @@ def test_every_head_runs_with_labels_and_adds_router_losses(cls):
     elif cls is ModernAlbertForQuestionAnswering:
         kwargs.update(start_positions=torch.tensor([1, 2]), end_positions=torch.tensor([3, 3]))
     out = model(**kwargs)
-    assert out.router_aux_loss is not None and out.expert_usage is not None
+    assert out.get("router_aux_loss") is None  # not asked for: a plain output, yet the loss holds the router terms
+    assert model(**kwargs, output_router_logits=True).expert_usage is not None
     if cls is not ModernAlbertModel:
         assert out.loss.isfinite()
         out.loss.backward()
-        assert model.model.groups[1].mlp.router.weight.grad is not None  # router losses reach the router
+        # B = 0 at init, so the task loss does not depend on the gate: any router gradient is the router losses'
+        router = model.model.groups[1].mlp.router.weight.grad
+        assert router is not None and router.abs().sum() > 0
 
 
 def test_loss_includes_weighted_router_losses():
     cfg = small_config(router_aux_loss_coef=0.5, router_z_loss_coef=0.25, num_labels=2)
     model = ModernAlbertForSequenceClassification(cfg).eval()
     ids, mask = padded_batch(lengths=(6, 4))
-    out = model(ids, attention_mask=mask, labels=torch.tensor([0, 1]))
+    out = model(ids, attention_mask=mask, labels=torch.tensor([0, 1]), output_router_logits=True)
     ce = torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 1]))
     torch.testing.assert_close(out.loss, ce + 0.5 * out.router_aux_loss + 0.25 * out.router_z_loss)
 
@@ -173,7 +204,7 @@ def test_padding_side_and_mask_free_batch():
     torch.testing.assert_close(out, alone[0], rtol=1e-5, atol=1e-5)
 
 
-def test_eager_matches_sdpa_and_returns_probabilities():
+def test_eager_matches_sdpa_and_returns_probabilities(caplog):
     cfg = small_config()
     sdpa = ModernAlbertModel(cfg).eval()
     randomize_adapters(sdpa)
@@ -187,8 +218,25 @@ def test_eager_matches_sdpa_and_returns_probabilities():
     probs = b.attentions[0]  # (B, h, L, L)
     torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
     assert probs[1, :, :4, 4:].abs().max() == 0  # real queries never attend to pads
-    with pytest.raises(ValueError, match="eager"):
-        sdpa(ids, attention_mask=mask, output_attentions=True)
+    # Under SDPA, as transformers' ModernBERT: no probabilities (an empty tuple) and a warning naming the fix.
+    with caplog.at_level("WARNING"):
+        assert sdpa(ids, attention_mask=mask, output_attentions=True).attentions == ()
+    assert "set_attn_implementation('eager')" in caplog.text
+
+
+def test_attention_implementation_switches_at_run_time():
+    """``set_attn_implementation`` (transformers' attention interface) switches a loaded model, both ways."""
+    model = ModernAlbertModel(small_config()).eval()
+    randomize_adapters(model)
+    ids, mask = padded_batch(lengths=(6, 4, 2))
+    ref = model(ids, attention_mask=mask).last_hidden_state
+    model.set_attn_implementation("eager")
+    assert model.config._attn_implementation == "eager"
+    out = model(ids, attention_mask=mask, output_attentions=True)
+    assert len(out.attentions) == model.config.num_hidden_layers
+    torch.testing.assert_close(out.last_hidden_state, ref, rtol=1e-5, atol=1e-5)
+    model.set_attn_implementation("sdpa")
+    torch.testing.assert_close(model(ids, attention_mask=mask).last_hidden_state, ref, rtol=0, atol=0)
 
 
 def test_flash_attention_without_gpu_is_a_clear_error():
@@ -197,18 +245,22 @@ def test_flash_attention_without_gpu_is_a_clear_error():
         model(torch.tensor([[1, 2, 3]]))  # with flash-attn installed: CPU tensors are refused at forward
 
 
-def test_gradient_checkpointing_gives_identical_outputs_and_gradients():
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_gradient_checkpointing_gives_identical_outputs_and_gradients(use_reentrant):
+    """Both torch checkpointing modes are exact, router-loss gradients included: a shared block returns its router
+    statistics as top-level outputs, which reentrant checkpointing carries gradients through."""
     cfg = small_config()
     ref = ModernAlbertForMaskedLM(cfg)
-    randomize_adapters(ref)
     ckpt = ModernAlbertForMaskedLM(cfg)
-    ckpt.load_state_dict(ref.state_dict())
-    ckpt.activation_checkpointing_enable()
+    ckpt.load_state_dict(ref.state_dict())  # B = 0: the router's gradient comes from the router losses only
+    ckpt.activation_checkpointing_enable({"use_reentrant": use_reentrant})
     assert ckpt.model.groups[0].gradient_checkpointing
     ids, mask = padded_batch(lengths=(6, 4))
     labels = ids.masked_fill(mask == 0, -100)
     ref(ids, attention_mask=mask, labels=labels).loss.backward()
     ckpt.train()(ids, attention_mask=mask, labels=labels).loss.backward()
+    router = ckpt.model.groups[1].mlp.router.weight.grad
+    assert router is not None and router.abs().max() > 1e-4
     for (name, p), q in zip(ref.named_parameters(), ckpt.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
 
@@ -229,9 +281,12 @@ def test_token_ids_outside_the_vocabulary(model):
         model(torch.tensor([[1, -1, 3]]))
 
 
-def test_sequences_longer_than_the_maximum(model):
-    with pytest.raises(ValueError, match="max_position_embeddings=256"):
-        model(torch.ones(1, 257, dtype=torch.long))
+def test_sequences_longer_than_the_maximum_run_with_a_warning(model, caplog):
+    """RoPE has no table to overflow (and scaled RoPE types exist to go beyond the pretraining context): longer
+    inputs run, with a warning that names the limit."""
+    with caplog.at_level("WARNING"):
+        assert model(torch.ones(1, 257, dtype=torch.long)).logits.isfinite().all()
+    assert "max_position_embeddings=256" in caplog.text
 
 
 @pytest.mark.parametrize("shape", [(0, 5), (2, 0)])
@@ -261,9 +316,9 @@ def test_all_pad_rows_give_finite_results(pooling):
     model = ModernAlbertForSequenceClassification(small_config(classifier_pooling=pooling)).eval()
     ids, mask = padded_batch(lengths=(5, 3))
     mask[1] = 0  # a row with no real token at all
-    out = model(ids, attention_mask=mask, labels=torch.tensor([0, 1]))
+    out = model(ids, attention_mask=mask, labels=torch.tensor([0, 1]), output_router_logits=True)
     assert out.logits.isfinite().all() and out.loss.isfinite() and out.router_aux_loss.isfinite()
-    base = model.model(ids, attention_mask=torch.zeros_like(mask))  # nothing real in the whole batch
+    base = model.model(ids, attention_mask=torch.zeros_like(mask), output_router_logits=True)  # nothing real
     assert torch.count_nonzero(base.last_hidden_state) == 0 and base.router_aux_loss.isfinite()
 
 

@@ -103,15 +103,18 @@ def test_padding_changes_neither_outputs_nor_aux_losses(mixing):
     model = ModernAlbertModel(small_config(mol_mixing=mixing)).eval()
     randomize_adapters(model)
     ids, mask = padded_batch(lengths=(7, 4, 9))
-    out = model(ids, attention_mask=mask)
+    out = model(ids, attention_mask=mask, output_router_logits=True)
     # Same sequences, with extra padding columns and an extra all-pad row.
     ids2 = torch.cat([torch.cat([ids, torch.zeros(3, 5, dtype=torch.long)], 1), torch.zeros(1, 14, dtype=torch.long)])
     mask2 = (torch.arange(14)[None] < torch.tensor([7, 4, 9, 0])[:, None]).long()
-    out2 = model(ids2, attention_mask=mask2)
+    out2 = model(ids2, attention_mask=mask2, output_router_logits=True)
     real = mask.bool()
     torch.testing.assert_close(out2.last_hidden_state[:3, :9][real], out.last_hidden_state[real], rtol=1e-5, atol=1e-5)
     for name in ("router_aux_loss", "router_z_loss", "expert_usage", "router_probs"):
+        assert getattr(out, name) is not None
         torch.testing.assert_close(getattr(out2, name), getattr(out, name), rtol=1e-5, atol=1e-6)
+    for a, b in zip(out2.router_logits, out.router_logits, strict=True):  # (N, E): the real tokens only
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert torch.count_nonzero(out2.last_hidden_state[~mask2.bool()]) == 0
 
 
@@ -120,7 +123,7 @@ def test_every_expert_and_the_router_receive_gradients(mixing):
     model = ModernAlbertModel(small_config(mol_mixing=mixing, num_experts=4, num_experts_per_tok=2))
     randomize_adapters(model)
     ids, mask = padded_batch(lengths=(32, 20, 32, 27))
-    out = model(ids, attention_mask=mask)
+    out = model(ids, attention_mask=mask, output_router_logits=True)
     (out.last_hidden_state.pow(2).mean() + out.router_aux_loss + out.router_z_loss).backward()
     module = model.groups[1].mlp
     assert (out.expert_usage > 0).all(), "the batch should route tokens to every expert"

@@ -43,9 +43,14 @@ def test_last_hidden_state_matches_hf_modernbert(attn):
     assert report.fresh == []
     ids, mask = padded_batch(VOCAB, lengths=(12, 5, 9, 1))
     with torch.no_grad():
-        ref = teacher(ids, attention_mask=mask).last_hidden_state
-        out = student(ids, attention_mask=mask).last_hidden_state
-    torch.testing.assert_close(_non_pad(out, mask), _non_pad(ref, mask), rtol=0, atol=1e-5)
+        ref = teacher(ids, attention_mask=mask, output_hidden_states=True)
+        out = student(ids, attention_mask=mask, output_hidden_states=True)
+    torch.testing.assert_close(_non_pad(out.last_hidden_state, mask), _non_pad(ref.last_hidden_state, mask),
+                               rtol=0, atol=1e-5)
+    # transformers' convention, entry by entry: L + 1 states, the last one being last_hidden_state (after the norm).
+    assert len(out.hidden_states) == len(ref.hidden_states) == DEPTH + 1
+    for h_out, h_ref in zip(out.hidden_states, ref.hidden_states, strict=True):
+        torch.testing.assert_close(_non_pad(h_out, mask), _non_pad(h_ref, mask), rtol=0, atol=1e-5)
 
 
 def test_masked_lm_logits_match_hf_modernbert():

@@ -173,7 +173,7 @@ class Distiller(nn.Module):
         need_attn = teacher is not None and cfg.attention_weight > 0
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        out = self.student(input_ids, attention_mask=attention_mask, labels=labels,
+        out = self.student(input_ids, attention_mask=attention_mask, labels=labels, output_router_logits=True,
                            output_hidden_states=need_hidden, output_attentions=need_attn)
         scfg = self.student.config
         device = input_ids.device

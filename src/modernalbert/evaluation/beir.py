@@ -939,6 +939,7 @@ def finetune_retrieval(model_path: str | os.PathLike, data: str | os.PathLike | 
         embs = []
         for side in ("q", "d"):
             inputs = {k[2:]: v for k, v in batch.items() if k.startswith(f"{side}_")}
+            inputs["output_router_logits"] = True  # the router losses (MoE convention: outputs on request)
             # the forward's signature is read on the bare model: a DDP wrapper's forward is (*inputs, **kwargs)
             out = m(**model_inputs(getattr(m, "module", m), inputs))
             embs.append(pool(_hidden(out), inputs["attention_mask"], pooling))

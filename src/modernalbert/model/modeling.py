@@ -1,7 +1,8 @@
 """ModernALBERT: a recursive encoder whose shared GeGLU FFN is modulated per token by routed LoRA experts (MoL).
 
-One file: embeddings, RoPE, attention (dispatch table), FFN variants (GeGLU, MoL, RRT, MoA), the recursive
-encoder and every head.
+One file: embeddings, RoPE, attention (unpadded fast paths plus transformers' attention interface), FFN variants
+(GeGLU, MoL, RRT, MoA), the recursive encoder and every head. It imports only torch, transformers and its
+configuration, so that ``save_pretrained`` can ship it next to the weights as Hub remote code.
 
 Shape legend (used in the ``# (...)`` comments):
     B batch, L padded sequence length, N real (non-pad) tokens in the batch, d hidden, e embedding width,
@@ -11,16 +12,21 @@ Shape legend (used in the ``# (...)`` comments):
 
 Token-wise work (embeddings, norms, FFN/MoL, router, heads) runs on the N real tokens only, as a (N, d) matrix;
 attention receives what its implementation needs (each sequence's own rows for SDPA in eager CPU calls, a padded
-(B, L) view for SDPA elsewhere and for eager attention, cu_seqlens for FlashAttention varlen). Pads never reach the
-router or its statistics. Per forward, the layout of the batch (indices, key mask) and the RoPE tables are built
-once and shared by every layer.
-"""
+(B, L) view for SDPA elsewhere and for every implementation of transformers' attention interface, cu_seqlens for
+FlashAttention varlen). Pads never reach the router or its statistics. Per forward, the layout of the batch
+(indices, key mask) and the RoPE tables are built once and shared by every layer.
 
-from __future__ import annotations
+Outputs follow transformers' conventions: the default outputs are what any encoder returns; the router outputs
+come on request (``output_router_logits``, as in Mixtral and Switch); the router losses enter the loss whenever
+labels are given; the loss honours ``num_items_in_batch`` (gradient accumulation); ``hidden_states`` has L + 1
+entries whose last one is ``last_hidden_state`` (after the final norm), as transformers' ModernBERT returns them,
+and every entry is part of the graph (it carries gradient).
+"""
 
 import importlib.util
 import itertools
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -31,6 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.loss.loss_utils import fixed_cross_entropy
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutput,
@@ -40,9 +48,15 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from transformers.modeling_utils import PreTrainedModel
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, logging
+from transformers.utils.generic import can_return_tuple
 
-from .configuration import ATTENTION_IMPLEMENTATIONS, ModernAlbertConfig
+from .configuration import ModernAlbertConfig
+
+logger = logging.get_logger(__name__)
 
 # ====================================================================================================== outputs
 
@@ -51,17 +65,21 @@ from .configuration import ATTENTION_IMPLEMENTATIONS, ModernAlbertConfig
 class RouterOutputMixin:
     # Listed first among the bases of each output class, so these fields come *after* the standard ones
     # (dataclass fields follow the reversed MRO) and ``outputs[0]`` keeps its Hugging Face meaning.
-    """Router fields carried by every ModernAlbert output (``None`` when the model has no router).
+    """Router fields, returned with ``output_router_logits=True`` (``None`` otherwise and when the model has no
+    router; a ``None`` field is absent from the output's keys and tuple, so default outputs are a plain encoder's).
 
     Attributes:
-        router_aux_loss: Switch load-balance loss ``E * sum_e f_e * P_e``, averaged over MoL/MoA calls
+        router_logits: P tensors (N, E), fp32: the router logits of the real tokens (in row-major order over the
+            (B, L) batch) at every routed call (effective layer whose group is MoL / MoA), in depth order.
+        router_aux_loss: Switch load-balance loss ``E * sum_e f_e * P_e``, averaged over routed calls
             (unweighted; the heads add ``router_aux_loss_coef`` times it to the loss when labels are given).
         router_z_loss: Router z-loss ``mean(logsumexp(logits)^2)``, averaged over calls (unweighted).
         expert_usage: (P, E) fraction of the top-k assignments of real tokens that went to each expert, one row
-            per routed call (effective layer) in depth order.
+            per routed call in depth order.
         router_probs: (P, E) mean router probability per expert over real tokens, one row per routed call.
     """
 
+    router_logits: tuple[torch.Tensor, ...] | None = None
     router_aux_loss: torch.Tensor | None = None
     router_z_loss: torch.Tensor | None = None
     expert_usage: torch.Tensor | None = None
@@ -71,7 +89,7 @@ class RouterOutputMixin:
 @dataclass
 class ModernAlbertModelOutput(RouterOutputMixin, BaseModelOutput):
     """Encoder output: ``last_hidden_state`` (B, L, d) with zeros at pads; ``hidden_states`` has L + 1 entries
-    (embedding output, then every *effective* layer before the final norm); router fields as in
+    (embedding output, every *effective* layer but the last, then ``last_hidden_state``); router fields as in
     :class:`RouterOutputMixin`."""
 
 
@@ -100,13 +118,11 @@ class ModernAlbertMultipleChoiceOutput(RouterOutputMixin, MultipleChoiceModelOut
     """Multiple choice output plus router fields."""
 
 
-def _router_fields(outputs: ModernAlbertModelOutput) -> dict[str, Any]:
-    return {
-        "router_aux_loss": outputs.router_aux_loss,
-        "router_z_loss": outputs.router_z_loss,
-        "expert_usage": outputs.expert_usage,
-        "router_probs": outputs.router_probs,
-    }
+ROUTER_FIELDS = ("router_logits", "router_aux_loss", "router_z_loss", "expert_usage", "router_probs")
+
+
+def _router_fields(outputs: ModernAlbertModelOutput, requested: bool) -> dict[str, Any]:
+    return {name: getattr(outputs, name) for name in ROUTER_FIELDS} if requested else {}
 
 
 # ================================================================================================ batch layout
@@ -134,6 +150,8 @@ class Layout:
     seq_len: int
     cu_seqlens: torch.Tensor  # (B + 1,) int32
     key_mask: torch.Tensor | None  # (B, 1, 1, L) bool, True = attend; None = no padding
+    # The mask transformers builds for an implementation of its attention interface (set per forward when used).
+    interface_mask: Any = None
 
     @property
     def padded(self) -> bool:
@@ -197,29 +215,51 @@ def unpad_tokens(x: torch.Tensor, layout: Layout) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """GPT-NeoX (rotate-half) rotary embedding; the tables of the N real tokens are built once per forward."""
+    """GPT-NeoX (rotate-half) rotary embedding with transformers' RoPE types (``config.rope_parameters``:
+    ``default``, ``linear``, ``dynamic``, ``yarn``, ...), computed by transformers' own RoPE functions."""
 
-    def __init__(self, config: ModernAlbertConfig):
+    def __init__(self, config: ModernAlbertConfig, device: torch.device | None = None):
         super().__init__()
         self.config = config
-        self.register_buffer("inv_freq", self.compute_inv_freq(config), persistent=False)
+        self.rope_type = config.rope_parameters["rope_type"]
+        self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
+        inv_freq, self.attention_scaling = self.rope_init_fn(config, device)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+
+    @property
+    def rope_init_fn(self) -> Callable[..., tuple[torch.Tensor, float]]:
+        return (self.compute_default_rope_parameters if self.rope_type == "default"
+                else ROPE_INIT_FUNCTIONS[self.rope_type])
 
     @staticmethod
-    def compute_inv_freq(config: ModernAlbertConfig) -> torch.Tensor:
+    def compute_default_rope_parameters(config: ModernAlbertConfig, device: torch.device | None = None,
+                                        seq_len: int | None = None, **kwargs: Any) -> tuple[torch.Tensor, float]:
+        """Plain RoPE: ``inv_freq = theta^(-2i / dh)`` (dh/2,), fp32, and no output scaling."""
         dim = config.head_dim
-        return 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))  # (dh/2,)
+        base = config.rope_parameters["rope_theta"]
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim))  # (dh/2,)
+        return inv_freq, 1.0
 
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """fp32 ``(cos, signed_sin)`` tables, each (N, 1, 1, dh) to broadcast over (N, 2, h, dh) q/k.
+    @torch.no_grad()
+    @dynamic_rope_update  # "dynamic" / "longrope" types recompute inv_freq for long inputs
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp32 ``(cos, sin)`` tables, each ``(*position_ids.shape, dh)``, whatever the dtype of ``x`` (which
+        gives the device only): the tables are constants, kept fp32 in every precision mode."""
+        freqs = position_ids[..., None].float() * self.inv_freq.float()  # (..., dh/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (..., dh)
+        return emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
 
-        ``signed_sin`` carries rotate-half's sign, ``(-sin, sin)`` over the two halves, so that the rotation is
-        ``x * cos + swap_halves(x) * signed_sin`` (see :func:`apply_rotary`).
-        """
-        freqs = positions[:, None].float() * self.inv_freq.float()[None, :]  # (N, dh/2)
-        cos, sin = freqs.cos(), freqs.sin()  # (N, dh/2) each
-        cos = torch.cat((cos, cos), dim=-1)  # (N, dh)
-        signed_sin = torch.cat((-sin, sin), dim=-1)  # (N, dh)
-        return cos[:, None, None, :], signed_sin[:, None, None, :]  # (N, 1, 1, dh) each
+
+def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, dh) ``cos, sin`` to the (N, 1, 1, dh) ``(cos, signed_sin)`` that broadcast over (N, 2, h, dh) q/k.
+
+    ``signed_sin`` carries rotate-half's sign, ``(-sin, sin)`` over the two halves, so that the rotation is
+    ``x * cos + swap_halves(x) * signed_sin`` (see :func:`apply_rotary`).
+    """
+    half = sin.shape[-1] // 2
+    signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)  # (N, dh)
+    return cos[:, None, None, :], signed_sin[:, None, None, :]  # (N, 1, 1, dh) each
 
 
 def _rotate_(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
@@ -270,16 +310,19 @@ def apply_rotary(qkv: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor)
     return qkv
 
 
+
 # ==================================================================================================== attention
-# Every implementation maps rotated (N, 3, h, dh) q/k/v of the real tokens to (N, h, dh) and optional
-# attention probabilities (B, h, L, L).
+# Two kinds of implementation. Our unpadded ones (``UNPADDED_ATTENTION_FUNCTIONS``: "sdpa" and
+# "flash_attention_2") map the rotated (N, 3, h, dh) q/k/v of the real tokens to (N, h, dh) directly. Every other
+# name ("eager", or any function registered in transformers' ``AttentionInterface``) is looked up in
+# ``ALL_ATTENTION_FUNCTIONS`` and runs on the padded (B, h, L, dh) batch with the mask transformers builds for it.
 
 
-def _sdpa_attention(qkv: torch.Tensor, layout: Layout, dropout: float, output_attentions: bool):
+def _sdpa_attention(qkv: torch.Tensor, layout: Layout, dropout: float) -> torch.Tensor:
     """SDPA, the cheapest exact form per case: per sequence for padded batches in eager CPU calls, else one call."""
     if layout.padded and qkv.device.type == "cpu" and not _is_exporting():
-        return _sdpa_per_sequence(qkv, layout, dropout), None
-    return _sdpa_padded(qkv, layout, dropout), None
+        return _sdpa_per_sequence(qkv, layout, dropout)
+    return _sdpa_padded(qkv, layout, dropout)
 
 
 def _sdpa_padded(qkv: torch.Tensor, layout: Layout, dropout: float) -> torch.Tensor:
@@ -312,15 +355,18 @@ def _sdpa_per_sequence(qkv: torch.Tensor, layout: Layout, dropout: float) -> tor
     return torch.cat(outs)  # (N, h, dh), sequences in row-major order like layout.indices
 
 
-def _eager_attention(qkv: torch.Tensor, layout: Layout, dropout: float, output_attentions: bool):
-    padded = pad_tokens(qkv, layout)  # (B, L, 3, h, dh)
-    q, k, v = padded.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, L, dh)
-    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, h, L, L)
-    if layout.key_mask is not None:
-        scores = scores.masked_fill(~layout.key_mask, torch.finfo(scores.dtype).min)
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # (B, h, L, L)
-    out = torch.matmul(F.dropout(probs, p=dropout, training=dropout > 0), v)  # (B, h, L, dh)
-    return unpad_tokens(out.transpose(1, 2), layout), (probs if output_attentions else None)
+
+def eager_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0,
+                            **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention written out (transformers' "eager"), returning the probabilities: q/k/v (B, h, L, dh) and an
+    additive (B, 1, L, L) mask (or None) to (B, L, h, dh) outputs and (B, h, L, L) probabilities."""
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, h, L, L)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)  # (B, h, L, L)
+    dropped = F.dropout(probs, p=dropout, training=module.training)
+    return torch.matmul(dropped, value).transpose(1, 2).contiguous(), probs  # (B, L, h, dh), (B, h, L, L)
 
 
 def _check_flash_inputs(qkv: torch.Tensor) -> None:
@@ -332,7 +378,7 @@ def _check_flash_inputs(qkv: torch.Tensor) -> None:
         )
 
 
-def _flash_varlen_attention(qkv: torch.Tensor, layout: Layout, dropout: float, output_attentions: bool):
+def _flash_varlen_attention(qkv: torch.Tensor, layout: Layout, dropout: float) -> torch.Tensor:
     """FlashAttention 2 varlen on the packed real tokens: no padding, no mask; sequences located by cu_seqlens."""
     try:
         from flash_attn import flash_attn_varlen_qkvpacked_func
@@ -343,22 +389,21 @@ def _flash_varlen_attention(qkv: torch.Tensor, layout: Layout, dropout: float, o
         ) from err
     _check_flash_inputs(qkv)
     # qkv: (N, 3, h, dh) rows in layout order; cu_seqlens: (B + 1,) int32; max_seqlen: a host int (cached).
-    out = flash_attn_varlen_qkvpacked_func(
+    return flash_attn_varlen_qkvpacked_func(
         qkv, layout.cu_seqlens, layout.max_seqlen, dropout_p=dropout, causal=False
     )  # (N, h, dh)
-    return out, None
 
 
-ATTENTION_FUNCTIONS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor | None]]] = {
+UNPADDED_ATTENTION_FUNCTIONS: dict[str, Callable[[torch.Tensor, Layout, float], torch.Tensor]] = {
     "sdpa": _sdpa_attention,
-    "eager": _eager_attention,
     "flash_attention_2": _flash_varlen_attention,
 }
-assert set(ATTENTION_FUNCTIONS) == set(ATTENTION_IMPLEMENTATIONS)
 
 
 class ModernAlbertAttention(nn.Module):
     """Bias-free fused-QKV self-attention with RoPE on unpadded tokens."""
+
+    is_causal = False  # read by transformers' attention functions
 
     def __init__(self, config: ModernAlbertConfig):
         super().__init__()
@@ -371,17 +416,23 @@ class ModernAlbertAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], layout: Layout,
                 output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, d) real-token rows to (N, d), and the (B, h, L, L) probabilities when the implementation returns
+        them (eager) and ``output_attentions`` asks for them."""
         qkv = self.Wqkv(x).view(-1, 3, self.num_heads, self.head_dim)  # (N, 3, h, dh)
         qkv = apply_rotary(qkv, *rope)  # (N, 3, h, dh), q and k rotated
         impl = self.config._attn_implementation or "sdpa"
-        if output_attentions and impl != "eager":
-            raise ValueError(
-                f"output_attentions=True needs attn_implementation='eager' (this model uses {impl!r}): load it "
-                "with attn_implementation='eager' or call model.set_attn_implementation('eager')."
-            )
         dropout = self.config.attention_dropout if self.training else 0.0
-        out, probs = ATTENTION_FUNCTIONS[impl](qkv, layout, dropout, output_attentions)  # (N, h, dh)
-        return self.out_drop(self.Wo(out.reshape(-1, self.num_heads * self.head_dim))), probs
+        probs = None
+        if impl in UNPADDED_ATTENTION_FUNCTIONS:
+            out = UNPADDED_ATTENTION_FUNCTIONS[impl](qkv, layout, dropout)  # (N, h, dh)
+        else:
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager_attention_forward)
+            q, k, v = pad_tokens(qkv, layout).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, L, dh)
+            out, probs = attention_interface(self, q, k, v, layout.interface_mask, dropout=dropout,
+                                             scaling=self.head_dim**-0.5)  # (B, L, h, dh), (B, h, L, L)
+            out = unpad_tokens(out, layout)  # (N, h, dh)
+        out = self.out_drop(self.Wo(out.reshape(-1, self.num_heads * self.head_dim)))  # (N, d)
+        return out, (probs if output_attentions else None)
 
 
 # ================================================================================================ FFN variants
@@ -395,6 +446,7 @@ class RouterStats(NamedTuple):
     usage: torch.Tensor  # (E,) fraction of top-k assignments per expert
     probs: torch.Tensor  # (E,) mean router probability per expert
     mass: torch.Tensor  # (E,) mean routed (renormalised top-k) probability mass per expert, sums to 1
+    logits: torch.Tensor  # (N, E) fp32 router logits
 
 
 class GeGLU(nn.Module):
@@ -450,7 +502,7 @@ class Router(nn.Module):
         mass = gate.sum(0) / n_tokens  # (E,)
         aux = self.num_experts * (usage * mean_p).sum()
         z = torch.logsumexp(logits, -1).square().sum() / n_tokens
-        return gate.to(x.dtype), onehot, RouterStats(aux, z, usage, mean_p, mass)
+        return gate.to(x.dtype), onehot, RouterStats(aux, z, usage, mean_p, mass, logits)
 
 
 def gate_ranks(codes: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -619,6 +671,7 @@ FFN_CLASSES: dict[str, type[GeGLU]] = {
 }
 
 
+
 # ================================================================================================ block, model
 
 
@@ -631,7 +684,11 @@ class ModernAlbertEmbeddings(nn.Module):
         super().__init__()
         self.config = config
         width = config.embedding_size or config.hidden_size
-        self.tok_embeddings = nn.Embedding(config.vocab_size, width, padding_idx=config.pad_token_id)
+        # A pad id outside the vocabulary (the config allows it, as ModernBertConfig does) can never be an input
+        # id, so there is no padding row to keep at zero.
+        pad = config.pad_token_id
+        pad = pad if pad is not None and 0 <= pad < config.vocab_size else None
+        self.tok_embeddings = nn.Embedding(config.vocab_size, width, padding_idx=pad)
         self.proj = (nn.Linear(width, config.hidden_size, bias=False)
                      if config.embedding_size is not None else None)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=False)
@@ -662,16 +719,24 @@ class ModernAlbertLayer(GradientCheckpointingLayer):
         self.mlp = FFN_CLASSES[config.ffn_variants[group]](config)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], layout: Layout,
-                position: int = 0, first_layer: bool = False, output_attentions: bool = False):
+                position: int = 0, first_layer: bool = False, output_attentions: bool = False) -> tuple:
+        """(N, d) rows to ``(x, probs, *router_stats)``: the (N, d) output, the (B, h, L, L) attention
+        probabilities or None, then the :class:`RouterStats` fields (none for an FFN without a router).
+
+        The stats are flat, top-level outputs because reentrant activation checkpointing (``use_reentrant=True``)
+        carries gradient through top-level tensors only: nested in a tuple, the router losses would silently lose
+        theirs. The encoder passes every argument positionally, so a checkpointed call is replayed with exactly its
+        own arguments even though one shared block runs at several effective layers.
+        """
         attn_in = x if first_layer else self.attn_norm(x)
         attn_out, probs = self.attn(attn_in, rope, layout, output_attentions)
         x = x + attn_out
         ffn_out, stats = self.mlp(self.mlp_norm(x), position)
-        return x + ffn_out, probs, stats
+        return (x + ffn_out, probs, *(stats or ()))
 
 
 class ModernAlbertPreTrainedModel(PreTrainedModel):
-    """Weight init, checkpointing and attention-implementation support shared by every ModernAlbert class."""
+    """Weight init, checkpointing, attention-implementation support and Hub-ready saving shared by every class."""
 
     config_class = ModernAlbertConfig
     config: ModernAlbertConfig
@@ -681,13 +746,26 @@ class ModernAlbertPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = False
-    _supports_attention_backend = False
+    _supports_attention_backend = True
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """transformers' ``save_pretrained`` (and so ``push_to_hub``). The folder also receives this file and the
+        configuration file, with an ``auto_map`` naming every head, so that ``AutoModel*.from_pretrained(folder,
+        trust_remote_code=True)`` loads it where modernalbert is not installed (the Hub's remote-code flow)."""
+        config_module = type(self.config).__module__.rsplit(".", 1)[-1]
+        model_module = type(self).__module__.rsplit(".", 1)[-1]
+        self.config.auto_map = {
+            "AutoConfig": f"{config_module}.{type(self.config).__name__}",
+            **{auto: f"{model_module}.{cls.__name__}" for cls, auto in AUTO_CLASSES.items()},
+        }
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
         # transformers skips modules without direct parameters for code outside its tree (remote-code safety).
         # Our _init_weights initialises leaves from their containers (Wqkv vs Wo need different stds) with the
         # flag-guarded transformers.initialization functions, so containers must be visited: no shortcut.
         super()._initialize_weights(module, is_custom_code=False)
+
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -730,7 +808,9 @@ class ModernAlbertPreTrainedModel(PreTrainedModel):
         elif isinstance(module, PredictionHead):
             trunc(module.dense.weight, std_out)
         elif isinstance(module, RotaryEmbedding):
-            init.copy_(module.inv_freq, RotaryEmbedding.compute_inv_freq(module.config))
+            inv_freq, _ = module.rope_init_fn(module.config, module.inv_freq.device)
+            init.copy_(module.inv_freq, inv_freq)
+            init.copy_(module.original_inv_freq, inv_freq)
         elif isinstance(module, ModernAlbertForMaskedLM):
             if module.decoder.bias is not None:
                 init.zeros_(module.decoder.bias)
@@ -738,6 +818,7 @@ class ModernAlbertPreTrainedModel(PreTrainedModel):
             trunc(module.classifier.weight, cfg.hidden_size ** -0.5)
             if module.classifier.bias is not None:
                 init.zeros_(module.classifier.bias)
+
 
 
 class ModernAlbertModel(ModernAlbertPreTrainedModel):
@@ -748,7 +829,7 @@ class ModernAlbertModel(ModernAlbertPreTrainedModel):
         >>> from modernalbert import ModernAlbertConfig, ModernAlbertModel
         >>> model = ModernAlbertModel(ModernAlbertConfig.from_preset("test")).eval()
         >>> ids = torch.tensor([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0]])
-        >>> out = model(ids, attention_mask=(ids != 0).long())
+        >>> out = model(ids, attention_mask=(ids != 0).long(), output_router_logits=True)
         >>> tuple(out.last_hidden_state.shape), tuple(out.expert_usage.shape)
         ((2, 5, 64), (2, 4))
     """
@@ -779,7 +860,8 @@ class ModernAlbertModel(ModernAlbertPreTrainedModel):
         G = self.config.group_depth
         return [(i // G, i % G) for i in range(self.config.num_hidden_layers)]
 
-    def _check_inputs(self, input_ids, attention_mask, position_ids, inputs_embeds) -> tuple[int, int]:
+    def _check_inputs(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                      position_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> tuple[int, int]:
         exporting = _is_exporting()
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
@@ -792,10 +874,12 @@ class ModernAlbertModel(ModernAlbertPreTrainedModel):
         B, L = ref.shape[:2]
         if B == 0 or L == 0:
             raise ValueError(f"Empty batch: got inputs of shape {tuple(ref.shape)}; pass at least one token.")
-        if self.config.max_position_embeddings < L and position_ids is None:
-            raise ValueError(
-                f"Sequence length {L} exceeds max_position_embeddings={self.config.max_position_embeddings}: "
-                "truncate the input (tokenizer(..., truncation=True, max_length=...))."
+        if self.config.max_position_embeddings < L:
+            # RoPE has no table to overflow; scaled RoPE types (rope_parameters) exist to go beyond it.
+            logger.warning_once(
+                f"Sequence length {L} exceeds max_position_embeddings={self.config.max_position_embeddings}, the "
+                "pretraining context: positions beyond it were never trained (truncate the input, or use a scaled "
+                "RoPE type in config.rope_parameters)."
             )
         if input_ids is not None:
             if input_ids.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
@@ -820,13 +904,12 @@ class ModernAlbertModel(ModernAlbertPreTrainedModel):
                 raise ValueError(
                     f"position_ids must have shape (batch, {L}) or ({L},), got {tuple(position_ids.shape)}."
                 )
-            if not exporting and (int(position_ids.max()) >= self.config.max_position_embeddings
-                                  or int(position_ids.min()) < 0):
-                raise ValueError(
-                    f"position_ids must lie in [0, max_position_embeddings={self.config.max_position_embeddings})."
-                )
+            if not exporting and int(position_ids.min()) < 0:
+                raise ValueError(f"position_ids must be >= 0, got {int(position_ids.min())}.")
         return B, L
 
+
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -835,9 +918,9 @@ class ModernAlbertModel(ModernAlbertPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs: Any,
-    ) -> ModernAlbertModelOutput | tuple:
+        output_router_logits: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> ModernAlbertModelOutput:
         """Encode a batch.
 
         Args:
@@ -845,10 +928,14 @@ class ModernAlbertModel(ModernAlbertPreTrainedModel):
             attention_mask: (B, L), 1 for real tokens and 0 for padding (any padding side).
             position_ids: (B, L) or (L,) RoPE positions; default ``0 .. L-1`` per row (ModernBERT's convention).
             inputs_embeds: (B, L, e) token embeddings (before the factorised projection), instead of input_ids.
-            output_attentions: Return attention probabilities (needs ``attn_implementation="eager"``).
-            output_hidden_states: Return L + 1 hidden states (embeddings, then every effective layer).
-            return_dict: Return a :class:`ModernAlbertModelOutput` (default) or a tuple.
-            **kwargs: Accepted and ignored (Hugging Face pipelines pass extra keys).
+            output_attentions: Return the (B, h, L, L) attention probabilities of every effective layer; an
+                implementation that does not compute them ("sdpa", "flash_attention_2") returns an empty tuple
+                with a warning, as transformers' models do (use ``attn_implementation="eager"``).
+            output_hidden_states: Return L + 1 hidden states (B, L, d): the embedding output, every effective
+                layer but the last, then ``last_hidden_state`` (transformers' convention).
+            output_router_logits: Return the router fields (see :class:`RouterOutputMixin`).
+            **kwargs: ``return_dict`` (handled by ``can_return_tuple``); other keys (e.g. the ``token_type_ids``
+                that BERT tokenizers emit) are accepted and ignored.
 
         Returns:
             :class:`ModernAlbertModelOutput`; ``last_hidden_state`` is zero at padded positions.
@@ -856,11 +943,46 @@ class ModernAlbertModel(ModernAlbertPreTrainedModel):
         cfg = self.config
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
-        return_dict = cfg.return_dict if return_dict is None else return_dict
+        output_router_logits = cfg.output_router_logits if output_router_logits is None else output_router_logits
+        x, rope, layout = self._embed(input_ids, attention_mask, position_ids, inputs_embeds)
+        if output_attentions and (cfg._attn_implementation or "sdpa") in UNPADDED_ATTENTION_FUNCTIONS:
+            logger.warning_once(
+                f"attn_implementation={cfg._attn_implementation!r} does not compute attention probabilities: "
+                "output_attentions=True returns none. Load the model with attn_implementation='eager' or call "
+                "model.set_attn_implementation('eager') to get them."
+            )
+
+        all_hidden: list[torch.Tensor] | None = [] if output_hidden_states else None
+        all_attn: list[torch.Tensor] = []
+        stats: list[RouterStats] = []
+        for layer, (group, position) in enumerate(self.layer_plan()):
+            if all_hidden is not None:
+                x = _record_hidden_state(x, layout, all_hidden)  # (N, d), now computed through the record
+            x, probs, *routed = self.groups[group](x, rope, layout, position, layer == 0, output_attentions)
+            if routed:
+                stats.append(RouterStats(*routed))
+                mlp = self.groups[group].mlp
+                if self.training and isinstance(mlp, MoLGeGLU):
+                    mlp.update_routing_ema(stats[-1].mass.detach())
+            if probs is not None:
+                all_attn.append(probs)
+        last = pad_tokens(self.final_norm(x), layout)  # (B, L, d)
+        if all_hidden is not None:
+            all_hidden.append(last)
+        return ModernAlbertModelOutput(
+            last_hidden_state=last,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            attentions=tuple(all_attn) if output_attentions else None,
+            **(_router_outputs(stats) if output_router_logits else {}),
+        )
+
+    def _embed(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
+               position_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None
+               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], Layout]:
+        """Check the inputs; return the (N, d) embedded real tokens, their RoPE tables and the batch layout."""
         B, L = self._check_inputs(input_ids, attention_mask, position_ids, inputs_embeds)
         ref = input_ids if input_ids is not None else inputs_embeds
         layout = make_layout(attention_mask, B, L, ref.device)
-
         if position_ids is None:
             positions = torch.arange(L, device=ref.device).repeat(B)  # (B*L,)
         else:
@@ -870,44 +992,37 @@ class ModernAlbertModel(ModernAlbertPreTrainedModel):
         if layout.padded:
             positions = positions.index_select(0, layout.indices)  # (N,)
             tokens = tokens.index_select(0, layout.indices)  # (N,) or (N, e)
-
         x = (self.embeddings(input_ids=tokens) if input_ids is not None
              else self.embeddings(inputs_embeds=tokens))  # (N, d)
-        rope = self.rotary_emb(positions)  # 2 x (N, 1, 1, dh) fp32, once for all layers
-
-        all_hidden = [x] if output_hidden_states else None
-        all_attn = [] if output_attentions else None
-        stats: list[RouterStats] = []
-        for layer, (group, position) in enumerate(self.layer_plan()):
-            x, probs, st = self.groups[group](
-                x, rope, layout, position=position, first_layer=layer == 0, output_attentions=output_attentions
+        if (self.config._attn_implementation or "sdpa") not in UNPADDED_ATTENTION_FUNCTIONS:
+            # The mask transformers builds for the implementation at hand (additive for eager), once per forward.
+            layout.interface_mask = create_bidirectional_mask(
+                config=self.config, inputs_embeds=x.new_empty(B, L, 0), attention_mask=attention_mask
             )
-            if st is not None:
-                stats.append(st)
-                mlp = self.groups[group].mlp
-                if self.training and isinstance(mlp, MoLGeGLU):
-                    mlp.update_routing_ema(st.mass.detach())
-            if all_hidden is not None:
-                all_hidden.append(x)
-            if all_attn is not None:
-                all_attn.append(probs)
-        x = self.final_norm(x)  # (N, d)
+        rope = rope_tables(*self.rotary_emb(x, positions))  # 2 x (N, 1, 1, dh) fp32, once for all layers
+        return x, rope, layout
 
-        router = {}
-        if stats:
-            router = {
-                "router_aux_loss": torch.stack([s.aux_loss for s in stats]).mean(),
-                "router_z_loss": torch.stack([s.z_loss for s in stats]).mean(),
-                "expert_usage": torch.stack([s.usage for s in stats]),  # (P, E)
-                "router_probs": torch.stack([s.probs for s in stats]),  # (P, E)
-            }
-        out = ModernAlbertModelOutput(
-            last_hidden_state=pad_tokens(x, layout),  # (B, L, d)
-            hidden_states=tuple(pad_tokens(h, layout) for h in all_hidden) if all_hidden is not None else None,
-            attentions=tuple(all_attn) if all_attn is not None else None,
-            **router,
-        )
-        return out if return_dict else out.to_tuple()
+
+def _record_hidden_state(x: torch.Tensor, layout: Layout, record: list[torch.Tensor]) -> torch.Tensor:
+    """Append the (B, L, d) padded form of the (N, d) rows to ``record`` and return the rows gathered back from
+    it (the same values), so that the rest of the forward is computed through the recorded tensor: a returned
+    hidden state is part of the graph and carries gradient (``retain_grad``, ``torch.autograd.grad``)."""
+    padded = pad_tokens(x, layout)  # (B, L, d)
+    record.append(padded)
+    return unpad_tokens(padded, layout)  # (N, d)
+
+
+def _router_outputs(stats: list[RouterStats]) -> dict[str, Any]:
+    """The router fields of :class:`RouterOutputMixin` from every routed call's stats (empty without a router)."""
+    if not stats:
+        return {}
+    return {
+        "router_logits": tuple(s.logits for s in stats),  # P x (N, E)
+        "router_aux_loss": torch.stack([s.aux_loss for s in stats]).mean(),
+        "router_z_loss": torch.stack([s.z_loss for s in stats]).mean(),
+        "expert_usage": torch.stack([s.usage for s in stats]),  # (P, E)
+        "router_probs": torch.stack([s.probs for s in stats]),  # (P, E)
+    }
 
 
 # ======================================================================================================== heads
@@ -926,25 +1041,23 @@ class PredictionHead(nn.Module):
         return self.norm(self.act(self.dense(x)))
 
 
-class TransposedProjection(nn.Module):
-    """d -> e through the transpose of the embedding projection (its weight is tied to ``embeddings.proj``), so
-    the MLM decoder is tied to the token embedding *through* the factorisation at no parameter cost (our
-    choice)."""
+def _with_router_losses(loss: torch.Tensor | None, outputs: ModernAlbertModelOutput, config: ModernAlbertConfig,
+                        labels: torch.Tensor | None, num_items_in_batch: torch.Tensor | int | None
+                        ) -> torch.Tensor | None:
+    """``loss`` plus the weighted router losses (Switch / ST-MoE: ``router_aux_loss_coef * aux +
+    router_z_loss_coef * z``).
 
-    def __init__(self, config: ModernAlbertConfig):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(config.hidden_size, config.embedding_size))  # (d, e), tied
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight  # (N, e)
-
-
-def _with_router_losses(loss: torch.Tensor | None, outputs: ModernAlbertModelOutput,
-                        config: ModernAlbertConfig) -> torch.Tensor | None:
+    With ``num_items_in_batch`` (gradient accumulation: transformers' Trainer then does not divide the loss by the
+    accumulation steps), the router terms, which are per-batch means, are weighted by this micro-batch's share of
+    the items, ``labels != -100`` counted as Trainer counts them, so that their weights over an accumulated batch
+    sum to one.
+    """
     if loss is None or outputs.router_aux_loss is None:
         return loss
-    aux = config.router_aux_loss_coef * outputs.router_aux_loss
-    return loss + aux + config.router_z_loss_coef * outputs.router_z_loss
+    router = config.router_aux_loss_coef * outputs.router_aux_loss + config.router_z_loss_coef * outputs.router_z_loss
+    if num_items_in_batch is not None and labels is not None:
+        router = router * labels.ne(-100).sum().to(router.dtype) / num_items_in_batch
+    return loss + router
 
 
 def _real_token_mask(attention_mask: torch.Tensor | None, shape: tuple[int, int], device) -> torch.Tensor:
@@ -966,23 +1079,30 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, mode: str) -
     raise ValueError(f"Unknown pooling {mode!r}: use 'cls' or 'mean'.")
 
 
+def _token_loss(loss_function: Callable, logits: torch.Tensor, targets: torch.Tensor,
+                num_items_in_batch: torch.Tensor | int | None, **kwargs: Any) -> torch.Tensor:
+    """A transformers token-level loss (``ForMaskedLMLoss``, ``ForTokenClassification``), and a zero that keeps the
+    graph when the batch has no target (their mean over no item would be NaN)."""
+    if num_items_in_batch is None and not bool((targets != -100).any()):
+        return logits.sum() * 0.0
+    return loss_function(logits, targets, num_items_in_batch=num_items_in_batch, **kwargs)
+
+
 class ModernAlbertForMaskedLM(ModernAlbertPreTrainedModel):
     """Encoder + MLM head: PredictionHead -> (transposed embedding projection when factorised) -> decoder whose
-    weight is the token embedding (tied) plus a bias."""
+    weight is the token embedding (tied) plus a bias.
+
+    The output side of the factorisation is ``embeddings.proj`` itself, transposed (our choice: no extra
+    parameter). An adapter put on ``embeddings.proj`` (e.g. PEFT LoRA with ``target_modules="all-linear"``)
+    therefore acts on both sides, before and after ``merge_and_unload``.
+    """
 
     _tied_weights_keys: ClassVar[dict[str, str]] = {"decoder.weight": "model.embeddings.tok_embeddings.weight"}
 
     def __init__(self, config: ModernAlbertConfig):
-        if config.embedding_size is not None:
-            # Instance-level: the extra tie exists only for factorised embeddings.
-            self._tied_weights_keys = {
-                **type(self)._tied_weights_keys,
-                "unembed.weight": "model.embeddings.proj.weight",
-            }
         super().__init__(config)
         self.model = ModernAlbertModel(config)
         self.head = PredictionHead(config)
-        self.unembed = TransposedProjection(config) if config.embedding_size is not None else None
         self.decoder = nn.Linear(config.embedding_size or config.hidden_size, config.vocab_size, bias=True)
         self.post_init()
 
@@ -992,6 +1112,22 @@ class ModernAlbertForMaskedLM(ModernAlbertPreTrainedModel):
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.decoder = new_embeddings
 
+    def unembed(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, d) -> (M, e) through the transpose of ``embeddings.proj`` (identity without factorisation).
+
+        A plain ``nn.Linear`` is read directly. A wrapped projection (an adapter layer) is read through its own
+        forward on the identity, ``proj(I_e) = W_eff^T`` (e, e*d work), so that the output side uses exactly the
+        map the input side uses, merged or not.
+        """
+        proj = self.model.embeddings.proj
+        if proj is None:
+            return x
+        if type(proj) is nn.Linear:
+            return x @ proj.weight.to(x.dtype)  # (M, e)
+        eye = torch.eye(self.config.embedding_size, device=x.device, dtype=x.dtype)  # (e, e)
+        return x @ proj(eye).to(x.dtype).T  # (M, d) @ (d, e)
+
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -1001,43 +1137,44 @@ class ModernAlbertForMaskedLM(ModernAlbertPreTrainedModel):
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs: Any,
-    ) -> ModernAlbertMaskedLMOutput | tuple:
+        output_router_logits: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> ModernAlbertMaskedLMOutput:
         """MLM forward. ``labels`` (B, L) use -100 for positions without a target. Logits are (B, L, V), zero at
         pads; with ``config.sparse_prediction`` and labels, logits are (M, V) for the M labelled positions only.
-        The loss adds the weighted router losses."""
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.model(input_ids, attention_mask, position_ids, inputs_embeds, output_attentions,
-                             output_hidden_states, return_dict=True)
+        The loss (transformers' ``ForMaskedLMLoss``, honouring ``num_items_in_batch``) adds the router losses."""
+        output_router_logits = _flag(self.config, "output_router_logits", output_router_logits)
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+                             output_hidden_states=output_hidden_states,
+                             output_router_logits=output_router_logits or labels is not None)
         hidden = outputs.last_hidden_state  # (B, L, d)
         mask = _real_token_mask(attention_mask, hidden.shape[:2], hidden.device)  # (B, L)
         sparse = self.config.sparse_prediction and labels is not None
         if labels is not None and labels.shape != hidden.shape[:2]:
             raise ValueError(f"labels must have shape {tuple(hidden.shape[:2])}, got {tuple(labels.shape)}.")
         select = (labels != -100) & mask if sparse else mask  # (B, L)
-        h = self.head(hidden[select])  # (N or M, d)
-        if self.unembed is not None:
-            h = self.unembed(h)  # (N or M, e)
-        token_logits = self.decoder(h)  # (N or M, V)
-        loss = None
+        token_logits = self.decoder(self.unembed(self.head(hidden[select])))  # (N or M, V)
         if sparse:
-            logits = token_logits  # (M, V)
-            if token_logits.shape[0] > 0:
-                loss = F.cross_entropy(token_logits.float(), labels[select])
-            else:
-                loss = token_logits.sum() * 0.0  # no target in the batch: zero loss, graph kept
+            logits, targets = token_logits, labels[select]  # (M, V), (M,)
         else:
             logits = token_logits.new_zeros(*hidden.shape[:2], token_logits.shape[-1])
             logits[select] = token_logits  # (B, L, V)
-            if labels is not None:
-                targets = labels.masked_fill(~mask, -100)
-                loss = (F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), targets.view(-1))
-                        if bool((targets != -100).any()) else logits.sum() * 0.0)
-        loss = _with_router_losses(loss, outputs, self.config)
-        out = ModernAlbertMaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                         attentions=outputs.attentions, **_router_fields(outputs))
-        return out if return_dict else out.to_tuple()
+            targets = labels.masked_fill(~mask, -100) if labels is not None else None  # (B, L)
+        num_items = kwargs.get("num_items_in_batch")
+        loss = None
+        if labels is not None:
+            loss = _token_loss(self.loss_function, logits, targets, num_items, vocab_size=self.config.vocab_size)
+        return ModernAlbertMaskedLMOutput(
+            loss=_with_router_losses(loss, outputs, self.config, labels, num_items), logits=logits,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            **_router_fields(outputs, output_router_logits),
+        )
+
+
+def _flag(config: ModernAlbertConfig, name: str, value: bool | None) -> bool:
+    """An ``output_*`` argument resolved against the config (an explicit value wins)."""
+    return bool(getattr(config, name)) if value is None else value
 
 
 class _ClassifierBase(ModernAlbertPreTrainedModel):
@@ -1055,6 +1192,12 @@ class _ClassifierBase(ModernAlbertPreTrainedModel):
     def _classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.drop(self.head(x)))
 
+    def _encode(self, has_labels: bool, output_router_logits: bool | None, **inputs: Any
+                ) -> tuple[ModernAlbertModelOutput, bool]:
+        """Run the encoder; router outputs when asked for, or when labels need the router losses."""
+        requested = _flag(self.config, "output_router_logits", output_router_logits)
+        return self.model(**inputs, output_router_logits=requested or has_labels), requested
+
 
 class ModernAlbertForSequenceClassification(_ClassifierBase):
     """Pooled (``config.classifier_pooling``) sequence classification or regression (``num_labels == 1``)."""
@@ -1062,6 +1205,7 @@ class ModernAlbertForSequenceClassification(_ClassifierBase):
     def __init__(self, config: ModernAlbertConfig):
         super().__init__(config, config.num_labels)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -1071,34 +1215,31 @@ class ModernAlbertForSequenceClassification(_ClassifierBase):
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs: Any,
-    ) -> ModernAlbertSequenceClassifierOutput | tuple:
-        """Classify sequences; ``labels`` (B,) class ids, (B,) floats for regression or (B, C) multi-label."""
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.model(input_ids, attention_mask, position_ids, inputs_embeds, output_attentions,
-                             output_hidden_states, return_dict=True)
+        output_router_logits: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> ModernAlbertSequenceClassifierOutput:
+        """Classify sequences; ``labels`` (B,) class ids, (B,) floats for regression or (B, C) multi-label. The
+        loss is transformers' ``ForSequenceClassificationLoss``; its regression and multi-label forms average
+        over the batch whatever ``num_items_in_batch`` says, so they are rescaled to ``sum / num_items_in_batch``
+        (what the single-label form does), and gradient accumulation equals the large batch for all three."""
+        outputs, requested = self._encode(
+            labels is not None, output_router_logits, input_ids=input_ids, attention_mask=attention_mask,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states)
         pooled = pool(outputs.last_hidden_state, attention_mask, self.config.classifier_pooling)  # (B, d)
         logits = self._classify(pooled)  # (B, C)
+        num_items = kwargs.get("num_items_in_batch")
         loss = None
         if labels is not None:
-            if self.config.problem_type is None:
-                if self.num_labels == 1:
-                    self.config.problem_type = "regression"
-                elif labels.dtype in (torch.long, torch.int):
-                    self.config.problem_type = "single_label_classification"
-                else:
-                    self.config.problem_type = "multi_label_classification"
-            if self.config.problem_type == "regression":
-                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
-            elif self.config.problem_type == "single_label_classification":
-                loss = F.cross_entropy(logits.float().view(-1, self.num_labels), labels.view(-1))
-            else:
-                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-        loss = _with_router_losses(loss, outputs, self.config)
-        out = ModernAlbertSequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                                   attentions=outputs.attentions, **_router_fields(outputs))
-        return out if return_dict else out.to_tuple()
+            loss = self.loss_function(labels=labels, pooled_logits=logits.float(), config=self.config,
+                                      num_items_in_batch=num_items)
+            if num_items is not None and self.config.problem_type != "single_label_classification":
+                loss = loss * labels.numel() / num_items  # mean over the labels -> sum / num_items_in_batch
+        return ModernAlbertSequenceClassifierOutput(
+            loss=_with_router_losses(loss, outputs, self.config, labels, num_items), logits=logits,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            **_router_fields(outputs, requested),
+        )
 
 
 class ModernAlbertForTokenClassification(_ClassifierBase):
@@ -1107,6 +1248,7 @@ class ModernAlbertForTokenClassification(_ClassifierBase):
     def __init__(self, config: ModernAlbertConfig):
         super().__init__(config, config.num_labels)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -1116,27 +1258,30 @@ class ModernAlbertForTokenClassification(_ClassifierBase):
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs: Any,
-    ) -> ModernAlbertTokenClassifierOutput | tuple:
-        """Classify tokens; ``labels`` (B, L) with -100 where there is no target."""
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.model(input_ids, attention_mask, position_ids, inputs_embeds, output_attentions,
-                             output_hidden_states, return_dict=True)
+        output_router_logits: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> ModernAlbertTokenClassifierOutput:
+        """Classify tokens; ``labels`` (B, L) with -100 where there is no target (pads never are targets). The
+        loss is transformers' ``ForTokenClassification`` (honours ``num_items_in_batch``)."""
+        outputs, requested = self._encode(
+            labels is not None, output_router_logits, input_ids=input_ids, attention_mask=attention_mask,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states)
         hidden = outputs.last_hidden_state  # (B, L, d)
         mask = _real_token_mask(attention_mask, hidden.shape[:2], hidden.device)  # (B, L)
         token_logits = self._classify(hidden[mask])  # (N, C)
         logits = token_logits.new_zeros(*hidden.shape[:2], token_logits.shape[-1])
         logits[mask] = token_logits  # (B, L, C)
+        num_items = kwargs.get("num_items_in_batch")
         loss = None
         if labels is not None:
-            targets = labels.masked_fill(~mask, -100)
-            loss = (F.cross_entropy(logits.view(-1, self.num_labels).float(), targets.view(-1))
-                    if bool((targets != -100).any()) else logits.sum() * 0.0)
-        loss = _with_router_losses(loss, outputs, self.config)
-        out = ModernAlbertTokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                                attentions=outputs.attentions, **_router_fields(outputs))
-        return out if return_dict else out.to_tuple()
+            loss = _token_loss(self.loss_function, logits, labels.masked_fill(~mask, -100), num_items,
+                               config=self.config)
+        return ModernAlbertTokenClassifierOutput(
+            loss=_with_router_losses(loss, outputs, self.config, labels, num_items), logits=logits,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            **_router_fields(outputs, requested),
+        )
 
 
 class ModernAlbertForQuestionAnswering(_ClassifierBase):
@@ -1145,6 +1290,7 @@ class ModernAlbertForQuestionAnswering(_ClassifierBase):
     def __init__(self, config: ModernAlbertConfig):
         super().__init__(config, 2)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -1155,32 +1301,33 @@ class ModernAlbertForQuestionAnswering(_ClassifierBase):
         end_positions: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs: Any,
-    ) -> ModernAlbertQuestionAnsweringOutput | tuple:
-        """Span logits; the loss is the mean of start and end cross-entropies (positions clamped to L, ignored)."""
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.model(input_ids, attention_mask, position_ids, inputs_embeds, output_attentions,
-                             output_hidden_states, return_dict=True)
+        output_router_logits: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> ModernAlbertQuestionAnsweringOutput:
+        """Span logits; the loss is transformers' ``ForQuestionAnsweringLoss``: the mean of the start and end
+        cross-entropies, positions outside the sequence (clamped to L) ignored."""
+        has_labels = start_positions is not None and end_positions is not None
+        outputs, requested = self._encode(
+            has_labels, output_router_logits, input_ids=input_ids, attention_mask=attention_mask,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states)
         hidden = outputs.last_hidden_state  # (B, L, d)
         mask = _real_token_mask(attention_mask, hidden.shape[:2], hidden.device)  # (B, L)
         token_logits = self._classify(hidden[mask])  # (N, 2)
         logits = token_logits.new_full((*hidden.shape[:2], 2), torch.finfo(token_logits.dtype).min)
         logits[mask] = token_logits  # (B, L, 2)
         start_logits, end_logits = logits.unbind(-1)  # 2 x (B, L)
+        num_items = kwargs.get("num_items_in_batch")
         loss = None
-        if start_positions is not None and end_positions is not None:
-            L = hidden.shape[1]
-            # Out-of-span targets (clamped to L) are ignored, as in Hugging Face's QA heads.
-            start = start_positions.view(-1).clamp(0, L)
-            end = end_positions.view(-1).clamp(0, L)
-            loss = (F.cross_entropy(start_logits.float(), start, ignore_index=L)
-                    + F.cross_entropy(end_logits.float(), end, ignore_index=L)) / 2
-        loss = _with_router_losses(loss, outputs, self.config)
-        out = ModernAlbertQuestionAnsweringOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
-                                                  hidden_states=outputs.hidden_states,
-                                                  attentions=outputs.attentions, **_router_fields(outputs))
-        return out if return_dict else out.to_tuple()
+        if has_labels:
+            loss = self.loss_function(start_logits.float(), end_logits.float(), start_positions, end_positions,
+                                      num_items_in_batch=num_items)
+        return ModernAlbertQuestionAnsweringOutput(
+            loss=_with_router_losses(loss, outputs, self.config, start_positions if has_labels else None,
+                                     num_items),
+            start_logits=start_logits, end_logits=end_logits, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions, **_router_fields(outputs, requested),
+        )
 
 
 class ModernAlbertForMultipleChoice(_ClassifierBase):
@@ -1189,6 +1336,7 @@ class ModernAlbertForMultipleChoice(_ClassifierBase):
     def __init__(self, config: ModernAlbertConfig):
         super().__init__(config, 1)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -1198,11 +1346,11 @@ class ModernAlbertForMultipleChoice(_ClassifierBase):
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs: Any,
-    ) -> ModernAlbertMultipleChoiceOutput | tuple:
-        """Score choices; ``labels`` (B,) index of the right choice."""
-        return_dict = self.config.return_dict if return_dict is None else return_dict
+        output_router_logits: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> ModernAlbertMultipleChoiceOutput:
+        """Score choices; ``labels`` (B,) index of the right choice. The loss is transformers'
+        ``fixed_cross_entropy`` (honours ``num_items_in_batch``)."""
         ref = input_ids if input_ids is not None else inputs_embeds
         if ref is None or ref.dim() < 3:
             raise ValueError("ModernAlbertForMultipleChoice expects inputs of shape (batch, num_choices, seq_len).")
@@ -1212,15 +1360,20 @@ class ModernAlbertForMultipleChoice(_ClassifierBase):
             return None if t is None else t.reshape(B * C, L, *t.shape[3:])  # (B*C, L, ...)
 
         attention_mask = flat(attention_mask)
-        outputs = self.model(flat(input_ids), attention_mask, flat(position_ids), flat(inputs_embeds),
-                             output_attentions, output_hidden_states, return_dict=True)
+        outputs, requested = self._encode(
+            labels is not None, output_router_logits, input_ids=flat(input_ids), attention_mask=attention_mask,
+            position_ids=flat(position_ids), inputs_embeds=flat(inputs_embeds),
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         pooled = pool(outputs.last_hidden_state, attention_mask, self.config.classifier_pooling)  # (B*C, d)
         logits = self._classify(pooled).view(B, C)  # (B, C)
-        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
-        loss = _with_router_losses(loss, outputs, self.config)
-        out = ModernAlbertMultipleChoiceOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                               attentions=outputs.attentions, **_router_fields(outputs))
-        return out if return_dict else out.to_tuple()
+        num_items = kwargs.get("num_items_in_batch")
+        loss = (fixed_cross_entropy(logits.float(), labels, num_items_in_batch=num_items)
+                if labels is not None else None)
+        return ModernAlbertMultipleChoiceOutput(
+            loss=_with_router_losses(loss, outputs, self.config, labels, num_items), logits=logits,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            **_router_fields(outputs, requested),
+        )
 
 
 _CLASSIFIER_CLASSES = (
@@ -1229,6 +1382,18 @@ _CLASSIFIER_CLASSES = (
     ModernAlbertForQuestionAnswering,
     ModernAlbertForMultipleChoice,
 )
+# The transformers auto class of every ModernAlbert class: registered so that save_pretrained ships the code and
+# an auto_map (Hub remote code).
+AUTO_CLASSES: dict[type[ModernAlbertPreTrainedModel], str] = {
+    ModernAlbertModel: "AutoModel",
+    ModernAlbertForMaskedLM: "AutoModelForMaskedLM",
+    ModernAlbertForSequenceClassification: "AutoModelForSequenceClassification",
+    ModernAlbertForTokenClassification: "AutoModelForTokenClassification",
+    ModernAlbertForQuestionAnswering: "AutoModelForQuestionAnswering",
+    ModernAlbertForMultipleChoice: "AutoModelForMultipleChoice",
+}
+for _cls, _auto in AUTO_CLASSES.items():
+    _cls.register_for_auto_class(_auto)
 
 
 # =========================================================================================== parameter counting
@@ -1270,8 +1435,9 @@ def count_parameters(model: nn.Module) -> ParameterCount:
 
 
 __all__ = [
-    "ATTENTION_FUNCTIONS",
+    "AUTO_CLASSES",
     "FFN_CLASSES",
+    "UNPADDED_ATTENTION_FUNCTIONS",
     "ModernAlbertForMaskedLM",
     "ModernAlbertForMultipleChoice",
     "ModernAlbertForQuestionAnswering",
@@ -1282,4 +1448,7 @@ __all__ = [
     "ModernAlbertPreTrainedModel",
     "ParameterCount",
     "count_parameters",
+    "eager_attention_forward",
+    "pool",
 ]
+
