@@ -36,3 +36,11 @@ def test_merge_command_reports_bad_input_in_one_line(tmp_path, capsys):
     code = main(["merge", str(tmp_path / "mol"), str(tmp_path / "out"), "--weights", "router", "--calibration",
                  str(empty)])
     assert code == 2 and "is empty" in capsys.readouterr().err
+
+
+def test_an_invalid_saved_config_is_one_line_naming_the_field(tmp_path, capsys):
+    ModernAlbertForMaskedLM(small_config()).save_pretrained(tmp_path / "in")
+    path = tmp_path / "in" / "config.json"
+    path.write_text(path.read_text().replace('"lora_rank": 4', '"lora_rank": 0'))
+    assert main(["merge", str(tmp_path / "in"), str(tmp_path / "out")]) == 2
+    assert "lora_rank" in capsys.readouterr().err
