@@ -352,7 +352,7 @@ def run_section(section: str, entries: list[Entry], workloads: list[Workload], m
             flops[name] = e.forward_flops(w.lengths) * (1 if mode == "inference" else 3)
         ctx = torch.inference_mode() if mode == "inference" else contextlib.nullcontext()
         with ctx:
-            times, first = time_interleaved(fns, args.warmup, rounds, device)
+            times, first = time_interleaved(fns, args.warmup, rounds, device, clock=CLOCK[0])
             mem = {name: peak_memory_mib(fn, device) for name, fn in fns.items()} if not args.no_memory else {}
         base = times[entries[0].name]
         for name, ts in times.items():
@@ -664,7 +664,7 @@ def mfu_section(args: argparse.Namespace, device: torch.device, peak: float) -> 
         fns[compiled.name] = inference_fn(compiled.model, w)
     fns["matmul peak"] = probe
     with torch.inference_mode():
-        times, _ = time_interleaved(fns, args.warmup, args.rounds, device)
+        times, _ = time_interleaved(fns, args.warmup, args.rounds, device, clock=CLOCK[0])
         ours = entries[1]
         matmul_flops = 2.0 * ours.matmul_params * w.real_tokens
         profile = profile_breakdown(fns[ours.name], matmul_flops, peak) if device.type == "cpu" else {

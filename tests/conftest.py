@@ -13,7 +13,6 @@ from transformers import PreTrainedTokenizerFast
 
 from modernalbert import ModernAlbertConfig
 
-
 # One intra-op thread for the whole suite: the models are small, so threads cost more in synchronisation than they
 # save, and OpenMP spin-waits make a shared, busy runner many times slower when threads outnumber free cores
 # (measured: 31 min with the default threads on a loaded 2-core machine, 10 min with one).
