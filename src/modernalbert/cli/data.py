@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .sources import MARKER, SOURCES, cache_dir, fetch, folder_digest
+from ..data.sources import MARKER, SOURCES, cache_dir, fetch, folder_digest
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,14 +85,13 @@ def _read_corpus(path: Path) -> dict[str, Any]:
 
 
 def _pack(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer
-
-    from .corpus import CorpusSpec, PackedBlocks
+    from ..data.corpus import CorpusSpec
+    from ..data.packing import PackedBlocks
+    from ..model.loading import load_tokenizer
 
     path = Path(args.corpus).expanduser()
     spec = CorpusSpec.from_dict(_read_corpus(path), base_dir=path.parent)
-    name = args.tokenizer
-    tokenizer = AutoTokenizer.from_pretrained(str(fetch(name)) if name in SOURCES else name)
+    tokenizer = load_tokenizer(args.tokenizer)
     blocks = PackedBlocks.build(spec, tokenizer, args.block_size, rebuild=args.rebuild)
     print(f"key: {blocks.key}")
     print(f"cache: {blocks.path} ({'hit' if blocks.from_cache else 'written'})")

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from .onnx import DEFAULT_OPSET, POOLINGS
+from ..export.onnx import DEFAULT_OPSET, POOLINGS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,9 +39,7 @@ def run(args: argparse.Namespace) -> int:
     """
     import torch
 
-    from ..model.loading import load_pretrained, load_tokenizer
-    from ..model.modeling import ModernAlbertModel
-    from .onnx import (
+    from ..export.onnx import (
         OnnxExportError,
         OnnxMismatchError,
         compare_onnx,
@@ -50,25 +48,20 @@ def run(args: argparse.Namespace) -> int:
         synthetic_batches,
         verify_onnx,
     )
+    from ..model.loading import load_pretrained, load_tokenizer
+    from ..model.modeling import ModernAlbertModel
 
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise ValueError(f"OUT must be a folder, but {out} is a file.")
     # fp32 and SDPA whatever the checkpoint was saved with: ONNX Runtime's CPU kernels are exact in fp32, and the
     # FlashAttention kernel cannot be traced.
-    try:
-        model = load_pretrained(args.input, dtype=torch.float32, attn_implementation="sdpa").eval()
-    except OSError as err:
-        if isinstance(err, FileNotFoundError):
-            raise
-        # A name that is neither a local folder nor reachable on the hub: one line, not the hub's long story.
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise FileNotFoundError(f"No model folder at {args.input} ({first}).") from err
-    tokenizer = load_tokenizer(args.input)
+    model = load_pretrained(args.input, dtype=torch.float32, attn_implementation="sdpa").eval()
+    tokenizer = load_tokenizer(args.input, optional=True)
     if args.pooling and not isinstance(model, ModernAlbertModel):
         # Sentence embeddings come from the encoder: a head checkpoint (e.g. MaskedLM) exports its encoder.
         print(f"--pooling {args.pooling}: exporting the encoder of {type(model).__name__} with a sentence embedding")
-        model = model.model
+        model = model.base_model
     report: dict[str, dict] = {}
     try:
         fp32 = export_onnx(model, out / "model.onnx", opset=args.opset, pooling=args.pooling)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .merge import FORMS, SPACES, WEIGHTS
+from ..export.merge import FORMS, SPACES, WEIGHTS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,11 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..model.loading import load_pretrained, load_tokenizer, read_texts
-    from .merge import merge_experts
+    from ..data.text import read_texts
+    from ..export.merge import merge_experts
+    from ..model.loading import load_pretrained, load_tokenizer
 
     model = load_pretrained(args.input)
-    tokenizer = load_tokenizer(args.tokenizer or args.input)
+    tokenizer = load_tokenizer(args.tokenizer or args.input, optional=args.tokenizer is None)
     calibration = read_texts(args.calibration) if args.calibration else None
     if calibration is not None and tokenizer is None:
         raise ValueError(f"No tokenizer saved with {args.input}: pass --tokenizer for the calibration text.")

@@ -14,20 +14,12 @@ the whole command.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
 
-_SKIP_FIELDS = ("seed",)  # seeds come from --seeds
-
-
-def _config_fields() -> list[tuple[str, Any]]:
-    from .common import FinetuneConfig
-
-    defaults = FinetuneConfig()
-    return [(f.name, getattr(defaults, f.name)) for f in dataclasses.fields(FinetuneConfig)
-            if f.name not in _SKIP_FIELDS]
+from ...evaluation.config import FinetuneConfig
+from ..arguments import add_config_arguments, config_from_args
 
 
 def _add_data(parser: argparse.ArgumentParser, suite: str) -> None:
@@ -59,11 +51,7 @@ def add_finetune_arguments(parser: argparse.ArgumentParser, suite: str) -> None:
     parser.add_argument("--grid", nargs="+", default=None, metavar="NAME=V1,V2",
                         help="hyper-parameter grid over fine-tuning fields, e.g. learning_rate=1e-5,3e-5 "
                              "batch_size=16,32; the best point by mean dev score is marked, all are reported")
-    for name, default in _config_fields():
-        kind = int if name == "max_steps" else type(default)
-        extra: dict[str, Any] = {"choices": ("auto", "fp32", "bf16")} if name == "precision" else {}
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
-                            help=f"FinetuneConfig.{name} (default {default}: a common value, our choice)", **extra)
+    add_config_arguments(parser, FinetuneConfig, key="ft", skip=("seed",))  # seeds come from --seeds
     parser.add_argument("--max-train-examples", type=int, default=None,
                         help="train on a fixed subsample of this many examples (default: all)")
     parser.add_argument("--max-eval-examples", type=int, default=None,
@@ -88,7 +76,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser, suite: str) -> None:
 
 
 def _tasks(args: argparse.Namespace) -> list[str]:
-    from .glue import GLUE_TASKS, get_task
+    from ...evaluation.glue import GLUE_TASKS, get_task
 
     if args.suite != "glue":
         return ["rt-sentiment"]
@@ -122,8 +110,8 @@ def _fmt(value: float | None) -> str:
 
 
 def _finetune_table(summary: dict[str, Any]) -> str:
-    from .common import markdown_table
-    from .glue import get_task
+    from ...evaluation.common import markdown_table
+    from ...evaluation.glue import get_task
 
     rows = []
     for name, res in summary["tasks"].items():
@@ -146,14 +134,13 @@ def _finetune_table(summary: dict[str, Any]) -> str:
 
 def run_finetune(args: argparse.Namespace) -> int:
     """Fine-tune on every requested task (all grid points × seeds); print and write the results."""
-    from .common import FinetuneConfig
-    from .glue import MNLI_START_TASKS, parse_grid, run_grid, write_results
+    from ...evaluation.glue import MNLI_START_TASKS, parse_grid, run_grid, write_results
+    from ...utils.io import write_text
 
     tasks = _tasks(args)
     seeds = _seeds(args.seeds)
     grid = parse_grid(args.grid or [])
-    cfg = FinetuneConfig(**{name: getattr(args, name) for name, _ in _config_fields()
-                            if getattr(args, name) is not None})
+    cfg = config_from_args(FinetuneConfig, args, key="ft")
     for flag in ("max_train_examples", "max_eval_examples"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}.")
@@ -182,7 +169,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         summary["tasks"][task] = res
     table = _finetune_table(summary)
     write_results(output / "results.json", summary)
-    (output / "results.md").write_text(table + "\n", encoding="utf-8")
+    write_text(output / "results.md", table + "\n")
     print(table)
     for task, res in summary["tasks"].items():
         best = res["configs"][res["best"]]
@@ -195,8 +182,8 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Score a fine-tuned folder; print the table and write JSON into ``--output-dir`` when given."""
-    from .common import markdown_table
-    from .glue import evaluate_task, get_task, write_results
+    from ...evaluation.common import markdown_table
+    from ...evaluation.glue import evaluate_task, get_task, write_results
 
     task = get_task(args.task if args.suite == "glue" else "rt-sentiment")
     if args.suite == "glue" and task.stand_in:

@@ -12,8 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .recipe import Recipe
-    from .trainer import pretrain
+    from ..training.recipe import Recipe
+    from ..training.trainer import pretrain
 
     recipe = Recipe.load(args.recipe, args.overrides)
     result = pretrain(recipe)

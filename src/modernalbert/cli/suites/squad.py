@@ -16,9 +16,22 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-# Mirrors of modernalbert.evaluation.squad's defaults, so that building the parser imports nothing heavy.
-MAX_LENGTH, STRIDE, N_BEST, MAX_ANSWER_LENGTH = 384, 128, 20, 30
-LEARNING_RATE, BATCH_SIZE, EPOCHS, EVAL_BATCH_SIZE = 3e-5, 32, 2.0, 64
+from ...evaluation.config import FinetuneConfig
+from ...evaluation.squad import (
+    BATCH_SIZE,
+    EPOCHS,
+    EVAL_BATCH_SIZE,
+    LEARNING_RATE,
+    MAX_ANSWER_LENGTH,
+    MAX_LENGTH,
+    N_BEST,
+    STRIDE,
+)
+from ..arguments import add_config_arguments, config_from_args
+
+# SQuAD's fine-tuning defaults (our choice) and run_qa's window length, over FinetuneConfig's general ones.
+FINETUNE_DEFAULTS = {"learning_rate": LEARNING_RATE, "batch_size": BATCH_SIZE, "epochs": EPOCHS,
+                     "eval_batch_size": EVAL_BATCH_SIZE, "max_length": MAX_LENGTH}
 
 _DATA_HELP = ("a SQuAD JSON file (official layout, e.g. {split}-v2.0.json), a .jsonl file in the Hugging Face "
               "layout, or a hub name such as rajpurkar/squad_v2 (split '{split_name}'; NAME:SPLIT picks another; "
@@ -26,8 +39,6 @@ _DATA_HELP = ("a SQuAD JSON file (official layout, e.g. {split}-v2.0.json), a .j
 
 
 def _add_windows(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-length", type=int, default=MAX_LENGTH,
-                        help=f"tokens per window (default {MAX_LENGTH}, as Hugging Face's run_qa)")
     parser.add_argument("--stride", type=int, default=None,
                         help=f"tokens shared by consecutive windows, run_qa's doc_stride (default max-length // 3: "
                              f"{STRIDE} at {MAX_LENGTH})")
@@ -35,12 +46,12 @@ def _add_windows(parser: argparse.ArgumentParser) -> None:
                         help=f"start / end candidates per window (default {N_BEST})")
     parser.add_argument("--max-answer-length", type=int, default=MAX_ANSWER_LENGTH,
                         help=f"longest answer in tokens (default {MAX_ANSWER_LENGTH})")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto: bf16 autocast on a GPU that supports it, fp32 otherwise (default auto)")
 
 
 def add_finetune_arguments(parser: argparse.ArgumentParser, suite: str = "squad") -> None:
-    """Arguments of ``modernalbert finetune squad``.
+    """Arguments of ``modernalbert finetune squad``: the data, then one flag per
+    :class:`~modernalbert.evaluation.config.FinetuneConfig` field (``--max-length`` is the window length), then the
+    windows.
 
     Args:
         parser: The suite's sub-parser.
@@ -57,18 +68,7 @@ def add_finetune_arguments(parser: argparse.ArgumentParser, suite: str = "squad"
     parser.add_argument("--output-dir", required=True,
                         help="where the model (OUTPUT_DIR/model), results.json, predictions.json and na_probs.json "
                              "are written")
-    parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE,
-                        help=f"peak AdamW learning rate (default {LEARNING_RATE}, our choice)")
-    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
-                        help=f"training windows per step (default {BATCH_SIZE}, our choice)")
-    parser.add_argument("--epochs", type=float, default=EPOCHS, help=f"passes over the data (default {EPOCHS}, "
-                                                                     "our choice)")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (overrides --epochs)")
-    parser.add_argument("--warmup-ratio", type=float, default=0.1, help="share of linear warm-up steps (default 0.1)")
-    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
-    parser.add_argument("--eval-batch-size", type=int, default=EVAL_BATCH_SIZE,
-                        help=f"windows per prediction batch (default {EVAL_BATCH_SIZE})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the new head, shuffling and dropout (default 0)")
+    add_config_arguments(parser, FinetuneConfig, key="ft", defaults=FINETUNE_DEFAULTS)
     _add_windows(parser)
 
 
@@ -87,6 +87,10 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser, suite: str = "squad"
                              "only)")
     parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
                         help=f"windows per prediction batch, length-bucketed (default {EVAL_BATCH_SIZE})")
+    parser.add_argument("--max-length", type=int, default=MAX_LENGTH,
+                        help=f"tokens per window (default {MAX_LENGTH}, as Hugging Face's run_qa)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto: bf16 autocast on a GPU that supports it, fp32 otherwise (default auto)")
     _add_windows(parser)
 
 
@@ -94,15 +98,11 @@ _ROWS = ("exact", "f1", "total", "HasAns_exact", "HasAns_f1", "HasAns_total", "N
          "NoAns_total", "best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh")
 
 
-def _stride(args: argparse.Namespace) -> int:
-    return args.stride if args.stride is not None else args.max_length // 3
-
-
 def _report(result: dict[str, Any], output_dir: str | None) -> None:
-    from .common import markdown_table, write_json
-    from .squad import _is_main_process
+    from ...evaluation.common import is_main_process, markdown_table
+    from ...utils.io import write_json
 
-    if not _is_main_process():
+    if not is_main_process():
         return
     metrics = result.get("metrics")
     if metrics:
@@ -119,17 +119,14 @@ def _report(result: dict[str, Any], output_dir: str | None) -> None:
 
 def run_finetune(args: argparse.Namespace) -> int:
     """Fine-tune, evaluate when there is evaluation data, print the table and write the files."""
-    from .common import FinetuneConfig
-    from .squad import _is_main_process, finetune_squad
+    from ...evaluation.common import is_main_process
+    from ...evaluation.squad import finetune_squad
 
-    cfg = FinetuneConfig(learning_rate=args.learning_rate, batch_size=args.batch_size,
-                         eval_batch_size=args.eval_batch_size, epochs=args.epochs, max_steps=args.max_steps,
-                         warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, max_length=args.max_length,
-                         seed=args.seed, precision=args.precision)
+    cfg = config_from_args(FinetuneConfig, args, key="ft")
     result = finetune_squad(args.model, cfg, data=args.data, eval_data=args.eval_data, output_dir=args.output_dir,
-                            stride=_stride(args), n_best=args.n_best, max_answer_length=args.max_answer_length)
+                            stride=args.stride, n_best=args.n_best, max_answer_length=args.max_answer_length)
     _report(result, args.output_dir)
-    if _is_main_process():
+    if is_main_process():
         print(f"Fine-tuned {result['steps']} steps on {result['train_features']} windows of "
               f"{result['train_examples']} questions; model saved to {result['model_dir']}")
     return 0
@@ -137,10 +134,11 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a fine-tuned model, print the table and write the files."""
-    from .squad import evaluate_squad
+    from ...evaluation.squad import evaluate_squad
 
+    stride = args.stride if args.stride is not None else args.max_length // 3
     result = evaluate_squad(args.model, data=args.data, batch_size=args.batch_size, max_length=args.max_length,
-                            stride=_stride(args), n_best=args.n_best, max_answer_length=args.max_answer_length,
+                            stride=stride, n_best=args.n_best, max_answer_length=args.max_answer_length,
                             precision=args.precision)
     _report(result, args.output_dir)
     return 0
