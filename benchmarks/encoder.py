@@ -460,7 +460,8 @@ def markdown(report: dict[str, Any]) -> str:
 # ================================================================================================ main
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line (``--quick`` lowers the defaults; flags given explicitly still win)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--d", type=int, default=768, help="hidden size of the geometry section")
     ap.add_argument("--heads", type=int, default=12)
@@ -498,7 +499,13 @@ def main() -> None:
     if ap.parse_known_args()[0].quick:  # smaller defaults; flags given explicitly still win
         ap.set_defaults(layers=2, fixed_batch=1, var_batch=4, rounds=2, train_rounds=1, tiny_fixed_batch=1,
                         tiny_var_batch=2, mfu_batch="8x128")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    # One linear script: the sections share the report, the workloads and the matmul peak, and each section saves
+    # the report as soon as it is done; splitting it would only pass all of that around.
+    args = parse_args()
     if args.vocab < 16:
         raise SystemExit(f"--vocab {args.vocab}: too small for random token ids; use at least 16.")
     kept = False if args.no_keep_memory else keep_freed_memory()  # page faults would dominate CPU timings

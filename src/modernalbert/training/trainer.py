@@ -40,6 +40,7 @@ import torch
 from ..distill.losses import Distiller, held_out_losses
 from ..model.configuration import ModernAlbertConfig
 from ..model.modeling import ModernAlbertForMaskedLM, count_parameters
+from ..utils.io import write_json, write_text
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from .data import MaskedBatches
 from .memory import keep_freed_memory
@@ -182,9 +183,9 @@ def setup(recipe: Recipe) -> Run:
               batches, masker, masker.fixed(held_blocks, tr.batch_size), start, state)
     if accelerator.is_main_process:
         run.out_dir.mkdir(parents=True, exist_ok=True)
-        (run.out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+        write_json(run.out_dir / "recipe.json", recipe.to_dict())
         if init_report is not None and start == 0:
-            (run.out_dir / "init_report.txt").write_text(str(init_report) + "\n")
+            write_text(run.out_dir / "init_report.txt", str(init_report) + "\n")
         print(f"[modernalbert] student: {count_parameters(student)}; teacher: "
               f"{type(teacher).__name__ if teacher else None}; {world} process(es)"
               + (f"; resuming from {resume_from}" if resume_from else ""))
