@@ -61,7 +61,7 @@ def evaluate(model, batches, reference_hidden=None):
     for b in batches:
         out = model.model(b["input_ids"], attention_mask=b["attention_mask"])
         h = out.last_hidden_state
-        logits = model.decoder(model.unembed(model.head(h)) if model.unembed is not None else model.head(h))
+        logits = model.decoder(model.unembed(model.head(h)))  # unembed: identity without factorisation
         n = int((b["labels"] != -100).sum())
         losses += F.cross_entropy(logits.view(-1, logits.shape[-1]), b["labels"].view(-1), reduction="sum").item()
         tokens += n
@@ -75,6 +75,7 @@ def evaluate(model, batches, reference_hidden=None):
 
 
 def main() -> None:
+    # One linear report script (train, merge every variant, export, write the table): each step feeds the next.
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=16)
