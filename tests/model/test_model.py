@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from transformers.utils import logging as hf_logging
 
 from modernalbert import (
     ModernAlbertConfig,
@@ -219,6 +220,7 @@ def test_eager_matches_sdpa_and_returns_probabilities(caplog):
     torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
     assert probs[1, :, :4, 4:].abs().max() == 0  # real queries never attend to pads
     # Under SDPA, as transformers' ModernBERT: no probabilities (an empty tuple) and a warning naming the fix.
+    hf_logging.warning_once.cache_clear()  # warned once per process
     with caplog.at_level("WARNING"):
         assert sdpa(ids, attention_mask=mask, output_attentions=True).attentions == ()
     assert "set_attn_implementation('eager')" in caplog.text
@@ -284,6 +286,7 @@ def test_token_ids_outside_the_vocabulary(model):
 def test_sequences_longer_than_the_maximum_run_with_a_warning(model, caplog):
     """RoPE has no table to overflow (and scaled RoPE types exist to go beyond the pretraining context): longer
     inputs run, with a warning that names the limit."""
+    hf_logging.warning_once.cache_clear()  # warned once per process
     with caplog.at_level("WARNING"):
         assert model(torch.ones(1, 257, dtype=torch.long)).logits.isfinite().all()
     assert "max_position_embeddings=256" in caplog.text

@@ -153,18 +153,30 @@ def test_hf_modernbert_in_the_same_harness(tmp_path):
 
 
 @pytest.mark.parametrize("router_outputs", [False, True])
-def test_evaluation_with_the_tutorials_compute_metrics(router_outputs, tmp_path):
-    """transformers' classification tutorial: ``compute_metrics`` receives the logits only, also when the config
-    asks for router outputs (``keys_to_ignore_at_inference``)."""
-    model = _model(ModernAlbertForSequenceClassification, output_router_logits=router_outputs)
-    examples = _examples(ModernAlbertForSequenceClassification)
+@pytest.mark.parametrize("cls", HEADS)
+def test_evaluation_with_compute_metrics(cls, router_outputs, tmp_path):
+    """``compute_metrics`` receives each head's logits alone (start and end logits for QA), also when the config asks
+    for router outputs (``keys_to_ignore_at_inference``); for classification, transformers' tutorial metric."""
+    model = _model(cls, output_router_logits=router_outputs)
+    examples = _examples(cls)
+    seen = {}
 
     def compute_metrics(eval_pred):
         logits, labels = eval_pred
-        return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+        seen["logits"] = logits
+        if cls is ModernAlbertForSequenceClassification:  # the tutorial's
+            return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+        return {}
 
     arguments = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2, report_to=[],
                                   use_cpu=True, disable_tqdm=True)
     metrics = Trainer(model=model, args=arguments, eval_dataset=examples, data_collator=_collate,
                       compute_metrics=compute_metrics).evaluate()
-    assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and np.isfinite(metrics["eval_loss"])
+    assert np.isfinite(metrics["eval_loss"])
+    logits = seen["logits"]
+    if cls is ModernAlbertForQuestionAnswering:
+        assert isinstance(logits, tuple) and [a.shape for a in logits] == [(4, 7), (4, 7)]
+    else:
+        assert isinstance(logits, np.ndarray) and logits.shape[0] == 4
+    if cls is ModernAlbertForSequenceClassification:
+        assert logits.shape == (4, 3) and 0.0 <= metrics["eval_accuracy"] <= 1.0

@@ -80,6 +80,7 @@ def _fetch(version: str, dest: Path) -> None:
             raise OSError(f"the transformers {version} source distribution has no {FILES} under tests/")
         (staging / "__init__.py").write_text("")
         dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(dest, ignore_errors=True)  # an incomplete copy (tampered with): replaced
         with contextlib.suppress(FileExistsError, OSError):
             shutil.move(str(staging), str(dest))  # another process may have won the race: its copy is as good
     if not dest.is_dir():

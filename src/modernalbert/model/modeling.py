@@ -310,7 +310,6 @@ def apply_rotary(qkv: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor)
     return qkv
 
 
-
 # ==================================================================================================== attention
 # Two kinds of implementation. Our unpadded ones (``UNPADDED_ATTENTION_FUNCTIONS``: "sdpa" and
 # "flash_attention_2") map the rotated (N, 3, h, dh) q/k/v of the real tokens to (N, h, dh) directly. Every other
@@ -353,7 +352,6 @@ def _sdpa_per_sequence(qkv: torch.Tensor, layout: Layout, dropout: float) -> tor
     if not outs:  # no real token in the batch
         return qkv.new_empty(0, *qkv.shape[2:])  # (0, h, dh)
     return torch.cat(outs)  # (N, h, dh), sequences in row-major order like layout.indices
-
 
 
 def eager_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -671,7 +669,6 @@ FFN_CLASSES: dict[str, type[GeGLU]] = {
 }
 
 
-
 # ================================================================================================ block, model
 
 
@@ -818,7 +815,6 @@ class ModernAlbertPreTrainedModel(PreTrainedModel):
             trunc(module.classifier.weight, cfg.hidden_size ** -0.5)
             if module.classifier.bias is not None:
                 init.zeros_(module.classifier.bias)
-
 
 
 class ModernAlbertModel(ModernAlbertPreTrainedModel):
