@@ -32,6 +32,7 @@ import tarfile
 import tempfile
 import types
 import unittest
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,7 @@ from modernalbert import (
     ModernAlbertModel,
 )
 from modernalbert.model import modeling
+from modernalbert.model.modeling import AUTO_CLASSES
 
 PACKAGE = "transformers_tests"  # import name of the fetched tests/ folder (ours is `tests`)
 FILES = ("test_modeling_common.py", "test_configuration_common.py")
@@ -164,25 +166,23 @@ def _experts_start_non_zero():
     modeling.ModernAlbertPreTrainedModel._init_weights = original
 
 
+@dataclass
 class ModernAlbertModelTester:
     """A recursive MoL model: 2 effective layers sharing one block (group_depth 2) whose FFN is a MoL."""
 
-    def __init__(self, parent, batch_size=3, seq_length=7, is_training=True, vocab_size=99, hidden_size=32,
-                 embedding_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                 max_position_embeddings=64, num_labels=3, num_choices=4):
-        self.parent = parent
-        self.batch_size = batch_size
-        self.seq_length = seq_length
-        self.is_training = is_training
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.embedding_size = embedding_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.max_position_embeddings = max_position_embeddings
-        self.num_labels = num_labels
-        self.num_choices = num_choices
+    parent: unittest.TestCase
+    batch_size: int = 3
+    seq_length: int = 7
+    is_training: bool = True
+    vocab_size: int = 99
+    hidden_size: int = 32
+    embedding_size: int = 16
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    intermediate_size: int = 37
+    max_position_embeddings: int = 64
+    num_labels: int = 3
+    num_choices: int = 4
 
     def get_config(self) -> ModernAlbertConfig:
         return ModernAlbertConfig(
@@ -201,14 +201,7 @@ class ModernAlbertModelTester:
 
 
 class ModernAlbertModelTest(common.ModelTesterMixin, unittest.TestCase):
-    all_model_classes = (
-        ModernAlbertModel,
-        ModernAlbertForMaskedLM,
-        ModernAlbertForSequenceClassification,
-        ModernAlbertForTokenClassification,
-        ModernAlbertForQuestionAnswering,
-        ModernAlbertForMultipleChoice,
-    )
+    all_model_classes = tuple(AUTO_CLASSES)  # every ModernAlbert class: the encoder and the five heads
     # transformers runs its weight-initialisation test only for models it has vetted (by file date); ours is meant
     # to pass it: every parameter and buffer is set by _init_weights.
     test_can_init_all_missing_weights_before_2023 = True
