@@ -13,11 +13,18 @@ from modernalbert.model.modeling import AUTO_CLASSES
 from tests.conftest import padded_batch, randomize_adapters, small_config
 
 # Runs in `python -I -S`: no PYTHONPATH, no user site, no .pth files (so no editable install of modernalbert); the
-# interpreter sees the standard library plus the site-packages directories given on the command line.
+# interpreter sees the standard library plus the site-packages directories given on the command line, and a
+# modernalbert installed there as a regular package is blocked too.
 FRESH_INTERPRETER = r"""
-import importlib.util, json, sys
+import json, sys
 sys.path.extend(sys.argv[2:])
-assert importlib.util.find_spec("modernalbert") is None, "modernalbert must not be importable here"
+sys.modules["modernalbert"] = None  # importing it raises ImportError, however it is installed
+try:
+    import modernalbert
+except ImportError:
+    pass
+else:
+    raise AssertionError("modernalbert must not be importable here")
 import torch, transformers
 from safetensors.torch import load_file
 
