@@ -18,6 +18,17 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of small-model tests (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    # The models are small: intra-op threads cost more in synchronisation than they save, and OpenMP spin-waits
+    # make a shared, busy 2-core runner many times slower when threads outnumber free cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def small_config(**overrides) -> ModernAlbertConfig:
     """The `test` preset (d=64, 4 heads, f=96, e=32, L=4, G=2, MoL at group 1) with overrides."""
     return ModernAlbertConfig.from_preset("test", **overrides)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import fields
 from typing import Any
+
+import torch
 
 
 def dataclass_from_mapping(cls: type, values: dict[str, Any] | None, *, unknown: str, prefix: str) -> Any:
@@ -30,3 +33,19 @@ def dataclass_from_mapping(cls: type, values: dict[str, Any] | None, *, unknown:
             except ValueError:
                 raise ValueError(f"{prefix}.{name}={value!r} is invalid: expected a number.") from None
     return cls(**values)
+
+
+def autocast_disabled(device_type: str) -> contextlib.AbstractContextManager:
+    """A region computed in the dtypes of its inputs: autocast switched off where it is on, a no-op otherwise.
+
+    For values that must be fp32 whatever the caller's autocast state (router statistics, as in Switch / ST-MoE;
+    similarity matrices of contrastive losses): cast the inputs with ``.float()`` inside the region. A traced graph
+    (torch.export / ONNX) never runs under autocast, so it never holds the region; device types without autocast
+    (e.g. ``meta``) are a no-op too.
+
+    Args:
+        device_type: The device type of the tensors in the region (``x.device.type``).
+    """
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
