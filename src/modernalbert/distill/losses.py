@@ -12,6 +12,9 @@ recipe: MLM 1, hidden / attention 3, logits 5, temperature 1):
 * ``logits``: KL(teacher || student) of MLM distributions at masked positions, scaled by T^2 (only when the
   teacher has an MLM head with the same vocabulary);
 * ``router_aux`` / ``router_z``: the student's router losses, weighted by its config coefficients.
+
+Every part is computed in fp32 from fp32 casts of the student's and the teacher's values, whatever the student's
+dtype or autocast state; teacher values are never rounded to the student's (16-bit) dtype first.
 """
 
 from __future__ import annotations
@@ -204,7 +207,7 @@ class Distiller(nn.Module):
                 losses = []
                 for s, t in self.layer_map.items():
                     h_s = out.hidden_states[s][real]  # (N, d_s)
-                    h_t = t_out.hidden_states[t][real].to(h_s.dtype)  # (N, d_t)
+                    h_t = t_out.hidden_states[t][real]  # (N, d_t), never rounded to the student's dtype
                     if str(s) in self.projections:
                         h_s = self.projections[str(s)](h_s)  # (N, d_t)
                     losses.append(self._hidden_loss(h_s, h_t))
@@ -222,7 +225,7 @@ class Distiller(nn.Module):
                 parts["attention"] = torch.stack(losses).mean()
                 total = total + per_micro * cfg.attention_weight * parts["attention"]
             if self.use_logits and select is not None:
-                t_logits = t_out.logits[select].to(s_logits.dtype)  # (M, V)
+                t_logits = t_out.logits[select]  # (M, V), compared in fp32 below
                 T = cfg.temperature
                 kl = F.kl_div(F.log_softmax(s_logits.float() / T, -1), F.log_softmax(t_logits.float() / T, -1),
                               log_target=True, reduction="sum") * T * T / denom
