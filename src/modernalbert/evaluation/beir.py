@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from ..utils import autocast_disabled
 from .common import FinetuneConfig
 
 logger = logging.getLogger(__name__)
@@ -449,7 +450,7 @@ def encode(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], *, pool
         batch_size: Texts per forward pass.
         max_length: Token limit (truncation).
         desc: Progress-bar label.
-        precision: ``"auto"`` (bf16 autocast only on a capable GPU), ``"fp32"`` or ``"bf16"``.
+        precision: ``"auto"`` (bf16 autocast only on a capable GPU), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
 
     Raises:
         ValueError: Unknown pooling.
@@ -819,7 +820,8 @@ def contrastive_loss(q: torch.Tensor, d: torch.Tensor, mask: torch.Tensor, *, sc
     """
     B = q.shape[0]
     F = torch.nn.functional
-    sim = scale * (F.normalize(q.float(), dim=-1) @ F.normalize(d.float(), dim=-1).T)  # fp32 even under autocast
+    with autocast_disabled(q.device.type):  # autocast would run the similarity GEMM in 16 bits
+        sim = scale * (F.normalize(q.float(), dim=-1) @ F.normalize(d.float(), dim=-1).T)  # (B, B·(1+n)) fp32
     sim = sim.masked_fill(mask, float("-inf"))
     target = torch.arange(B, device=q.device)
     loss = torch.nn.functional.cross_entropy(sim, target)

@@ -48,8 +48,9 @@ def _add_common(parser: argparse.ArgumentParser, suite: str, *, training: bool) 
                         "'modernalbert[faiss]')")
     parser.add_argument("--keep-identical-ids", action="store_true",
                         help="keep hits whose doc id equals the query id (BEIR drops them by default)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto: bf16 autocast on a capable GPU, fp32 otherwise")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="auto: bf16 autocast on a capable GPU, fp32 otherwise; bf16 / fp16: autocast "
+                             "(fp16 fine-tuning needs a GPU)")
     if training:
         parser.add_argument("--output-dir", type=Path, required=True,
                             help="folder for finetune.json and the model (OUTPUT_DIR/model)")

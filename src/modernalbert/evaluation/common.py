@@ -39,6 +39,9 @@ HEADS: dict[str, str] = {
 }
 # Keys of a feature that are model inputs padded to the batch's longest row (pad value per key).
 PADDED_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+# Values of FinetuneConfig.precision (and of the suites' --precision).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ============================================================================================ configuration
@@ -59,7 +62,9 @@ class FinetuneConfig:
         max_grad_norm: Gradient clipping (0 disables).
         max_length: Token limit per example (truncation).
         seed: Seed of initialisation of new heads, shuffling and dropout.
-        precision: ``"auto"`` (bf16 autocast on a GPU that supports it, fp32 otherwise), ``"fp32"`` or ``"bf16"``.
+        precision: ``"auto"`` (bf16 autocast on a GPU that supports it, fp32 otherwise), ``"fp32"``, ``"bf16"``
+            (autocast; also on CPU, where it is correct but slow) or ``"fp16"`` (autocast; prediction anywhere,
+            fine-tuning on a GPU only, where accelerate adds the loss scaling fp16 gradients need).
         log_every: Steps between loss records.
     """
 
@@ -92,8 +97,8 @@ class FinetuneConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"FinetuneConfig.{name}={getattr(self, name)!r} is out of range.")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"FinetuneConfig.precision={self.precision!r}: use 'auto', 'fp32' or 'bf16'.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"FinetuneConfig.precision={self.precision!r}: use one of {list(PRECISIONS)}.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -266,10 +271,11 @@ class TrainHistory:
 
 
 def _precision(cfg: FinetuneConfig) -> str:
+    """accelerate's ``mixed_precision`` for ``cfg.precision``: ``"no"``, ``"bf16"`` or ``"fp16"``."""
     if cfg.precision == "fp32":
         return "no"
-    if cfg.precision == "bf16":
-        return "bf16"
+    if cfg.precision in AUTOCAST_DTYPES:
+        return cfg.precision
     # bf16 on a CPU without AVX-512 BF16 is ~100x slower than fp32: only autocast on a capable GPU.
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
@@ -301,17 +307,21 @@ def finetune(
     Raises:
         ValueError: No training features.
     """
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
     from ..training.memory import keep_freed_memory
+    from ..training.precision import make_accelerator
     from ..training.trainer import param_groups
 
     if len(features) == 0:
         raise ValueError(f"{desc}: the training split is empty; give at least one example.")
+    if _precision(cfg) == "fp16" and not torch.cuda.is_available():
+        # accelerate silently trains in fp32 when asked for fp16 on a CPU (its loss scaling is GPU-only).
+        raise ValueError(f"{desc}: precision='fp16' fine-tunes on a GPU only (fp16 gradients need accelerate's loss "
+                         "scaling, which it runs on GPUs); use precision='bf16' or 'fp32' on CPU.")
     collate_fn = collate_fn or (lambda fs: collate(fs, pad_token_id))
-    accelerator = Accelerator(mixed_precision=_precision(cfg), cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(_precision(cfg))
     if accelerator.device.type == "cpu":
         keep_freed_memory()
     set_seed(cfg.seed)
@@ -401,9 +411,10 @@ def predict(
     home = next(model.parameters()).device
     was_training = model.training
     model.to(state.device).eval()
-    use_bf16 = _precision(FinetuneConfig(precision=precision)) == "bf16"
+    autocast_dtype = AUTOCAST_DTYPES.get(_precision(FinetuneConfig(precision=precision)))
     pairs: list[tuple[int, Any]] = []
-    with torch.inference_mode(), torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+    with torch.inference_mode(), torch.autocast(state.device.type, dtype=autocast_dtype or torch.bfloat16,
+                                                enabled=autocast_dtype is not None):
         for idx in tqdm(batches, desc=desc, disable=not state.is_local_main_process, dynamic_ncols=True):
             batch = {k: v.to(state.device) for k, v in collate_fn([features[i] for i in idx]).items()}
             outs = forward_fn(model, batch)
@@ -458,7 +469,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 __all__ = [
+    "AUTOCAST_DTYPES",
     "HEADS",
+    "PRECISIONS",
     "FinetuneConfig",
     "TrainHistory",
     "bucket_batches",

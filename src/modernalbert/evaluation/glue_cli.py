@@ -61,7 +61,7 @@ def add_finetune_arguments(parser: argparse.ArgumentParser, suite: str) -> None:
                              "batch_size=16,32; the best point by mean dev score is marked, all are reported")
     for name, default in _config_fields():
         kind = int if name == "max_steps" else type(default)
-        extra: dict[str, Any] = {"choices": ("auto", "fp32", "bf16")} if name == "precision" else {}
+        extra: dict[str, Any] = {"choices": ("auto", "fp32", "bf16", "fp16")} if name == "precision" else {}
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
                             help=f"FinetuneConfig.{name} (default {default}: a common value, our choice)", **extra)
     parser.add_argument("--max-train-examples", type=int, default=None,

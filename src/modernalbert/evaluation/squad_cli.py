@@ -35,8 +35,9 @@ def _add_windows(parser: argparse.ArgumentParser) -> None:
                         help=f"start / end candidates per window (default {N_BEST})")
     parser.add_argument("--max-answer-length", type=int, default=MAX_ANSWER_LENGTH,
                         help=f"longest answer in tokens (default {MAX_ANSWER_LENGTH})")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto: bf16 autocast on a GPU that supports it, fp32 otherwise (default auto)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="auto: bf16 autocast on a GPU that supports it, fp32 otherwise (default auto); "
+                             "bf16 / fp16: autocast (fp16 fine-tuning needs a GPU)")
 
 
 def add_finetune_arguments(parser: argparse.ArgumentParser, suite: str = "squad") -> None:

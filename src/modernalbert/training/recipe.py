@@ -113,7 +113,8 @@ class TrainSection:
                 raise ValueError(f"train.{name}={value!r} is invalid: expected an integer >= 1.")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"train.precision={self.precision!r} is invalid: allowed values are "
-                             "['auto', 'fp32', 'bf16'] (auto: bf16 autocast on GPU, fp32 on CPU).")
+                             "['auto', 'fp32', 'bf16'] (auto: bf16 autocast on a GPU that supports it, fp32 "
+                             "otherwise; bf16 also runs on CPU, slowly).")
 
 
 

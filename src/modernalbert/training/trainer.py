@@ -39,6 +39,7 @@ from ..model.configuration import ModernAlbertConfig
 from ..model.modeling import ModernAlbertForMaskedLM, count_parameters
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from .memory import keep_freed_memory
+from .precision import make_accelerator
 from .recipe import OptimSection, Recipe
 
 
@@ -178,19 +179,19 @@ def pretrain(recipe: Recipe, *, on_first_gradients=None, on_step_end=None,
     Returns:
         A :class:`TrainResult`.
     """
-    from accelerate import Accelerator
     from accelerate.utils import DistributedType, set_seed
     from tqdm.auto import tqdm
 
     from .data import prepare_blocks
 
     tr = recipe.train
-    use_bf16 = tr.precision == "bf16" or (tr.precision == "auto" and torch.cuda.is_available())
-    if use_bf16 and not torch.cuda.is_available():
-        raise ValueError("train.precision=bf16 needs a GPU (bf16 on CPU is far slower than fp32): use fp32 or auto.")
-    # cpu=True without a GPU: accelerate only sets up multi-process CPU (gloo) training when asked for the CPU.
-    accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
+    gpu = torch.cuda.is_available()
+    use_bf16 = tr.precision == "bf16" or (tr.precision == "auto" and gpu and torch.cuda.is_bf16_supported())
+    accelerator = make_accelerator("bf16" if use_bf16 else "no")
     rank, world = accelerator.process_index, accelerator.num_processes
+    if use_bf16 and not gpu and accelerator.is_main_process:
+        print("[modernalbert] train.precision=bf16 on CPU: bf16 autocast runs and is tested, but it is much slower "
+              "than fp32 on CPUs without native bf16 matrix units; precision auto trains in fp32 on CPU")
     if tr.keep_freed_memory and accelerator.device.type == "cpu":
         keep_freed_memory()
     set_seed(recipe.seed)  # the same initialisation on every process
