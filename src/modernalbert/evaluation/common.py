@@ -39,7 +39,7 @@ HEADS: dict[str, str] = {
 }
 # Keys of a feature that are model inputs padded to the batch's longest row (pad value per key).
 PADDED_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-# Values of FinetuneConfig.precision (and of the suites' --precision).
+# Values of FinetuneConfig.precision, and the autocast dtype of each 16-bit one.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

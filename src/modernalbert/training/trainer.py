@@ -190,8 +190,8 @@ def pretrain(recipe: Recipe, *, on_first_gradients=None, on_step_end=None,
     accelerator = make_accelerator("bf16" if use_bf16 else "no")
     rank, world = accelerator.process_index, accelerator.num_processes
     if use_bf16 and not gpu and accelerator.is_main_process:
-        print("[modernalbert] train.precision=bf16 on CPU: bf16 autocast runs and is tested, but it is much slower "
-              "than fp32 on CPUs without native bf16 matrix units; precision auto trains in fp32 on CPU")
+        print("[modernalbert] train.precision=bf16 on CPU: correct, but much slower than fp32 on CPUs without "
+              "native bf16 matrix instructions (train.precision=auto trains in fp32 on CPU)")
     if tr.keep_freed_memory and accelerator.device.type == "cpu":
         keep_freed_memory()
     set_seed(recipe.seed)  # the same initialisation on every process
