@@ -33,3 +33,4 @@ bench: setup
 	$(PYTHON) benchmarks/merge.py
 	$(PYTHON) benchmarks/train_step.py
 	$(PYTHON) benchmarks/encoder.py
+	$(PYTHON) benchmarks/cli_help.py

@@ -352,7 +352,7 @@ def run_section(section: str, entries: list[Entry], workloads: list[Workload], m
             flops[name] = e.forward_flops(w.lengths) * (1 if mode == "inference" else 3)
         ctx = torch.inference_mode() if mode == "inference" else contextlib.nullcontext()
         with ctx:
-            times, first = time_interleaved(fns, args.warmup, rounds, device)
+            times, first = time_interleaved(fns, args.warmup, rounds, device, clock=CLOCK[0])
             mem = {name: peak_memory_mib(fn, device) for name, fn in fns.items()} if not args.no_memory else {}
         base = times[entries[0].name]
         for name, ts in times.items():
@@ -460,7 +460,8 @@ def markdown(report: dict[str, Any]) -> str:
 # ================================================================================================ main
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line (``--quick`` lowers the defaults; flags given explicitly still win)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--d", type=int, default=768, help="hidden size of the geometry section")
     ap.add_argument("--heads", type=int, default=12)
@@ -498,7 +499,13 @@ def main() -> None:
     if ap.parse_known_args()[0].quick:  # smaller defaults; flags given explicitly still win
         ap.set_defaults(layers=2, fixed_batch=1, var_batch=4, rounds=2, train_rounds=1, tiny_fixed_batch=1,
                         tiny_var_batch=2, mfu_batch="8x128")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    # One linear script: the sections share the report, the workloads and the matmul peak, and each section saves
+    # the report as soon as it is done; splitting it would only pass all of that around.
+    args = parse_args()
     if args.vocab < 16:
         raise SystemExit(f"--vocab {args.vocab}: too small for random token ids; use at least 16.")
     kept = False if args.no_keep_memory else keep_freed_memory()  # page faults would dominate CPU timings
@@ -664,7 +671,7 @@ def mfu_section(args: argparse.Namespace, device: torch.device, peak: float) -> 
         fns[compiled.name] = inference_fn(compiled.model, w)
     fns["matmul peak"] = probe
     with torch.inference_mode():
-        times, _ = time_interleaved(fns, args.warmup, args.rounds, device)
+        times, _ = time_interleaved(fns, args.warmup, args.rounds, device, clock=CLOCK[0])
         ours = entries[1]
         matmul_flops = 2.0 * ours.matmul_params * w.real_tokens
         profile = profile_breakdown(fns[ours.name], matmul_flops, peak) if device.type == "cpu" else {

@@ -32,13 +32,12 @@ import json
 import platform
 import resource
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 from transformers import ModernBertConfig, ModernBertForMaskedLM
 
-from common import paired_ratios
+from common import paired_ratios, time_interleaved
 from modernalbert import ModernAlbertConfig, ModernAlbertForMaskedLM
 from modernalbert.training.memory import keep_freed_memory
 
@@ -138,27 +137,19 @@ def main() -> None:
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
     steps = {name: make_step(m, batch, args, dev) for name, m in models.items()}
 
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
     losses: dict[str, float] = {}
-    for name, step in steps.items():
-        for _ in range(args.warmup):
-            losses[name] = step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
     faults: dict[str, list[int]] = {name: [] for name in steps}
-    names = list(steps)
-    for r in range(args.rounds):
-        # Interleaved, and the order rotates every round: drifts in machine load and cache state hit all alike.
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            sync()
+
+    def counted(name: str):
+        # The step's loss and the page faults it took (freed memory returned to the OS shows up here).
+        def run() -> None:
             f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            t0 = time.perf_counter()
             losses[name] = steps[name]()
-            sync()
-            times[name].append(time.perf_counter() - t0)
             faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+        return run
+
+    times, _ = time_interleaved({name: counted(name) for name in steps}, args.warmup, args.rounds, dev)
+    faults = {name: f[args.warmup:] for name, f in faults.items()}  # the timed rounds only
 
     tokens = args.batch * args.seq
     labelled = int((batch["labels"] != -100).sum())

@@ -75,6 +75,7 @@ def evaluate(model, batches, reference_hidden=None):
 
 
 def main() -> None:
+    # One linear report script (train, merge every variant, export, write the table): each step feeds the next.
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=16)

@@ -272,7 +272,7 @@ def test_cli_errors(tmp_path, capsys, texts):
     rc, err = run(model_dir, "--text", empty)
     assert rc == 2 and str(empty) in err and "at least one non-empty line" in err
     rc, err = run(tmp_path / "nowhere", "--text", good)
-    assert rc == 2 and "model folder not found" in err
+    assert rc == 2 and "No model folder at" in err
     plain_dir = save_model(tmp_path / "plain", mol_groups=[])
     rc, err = run(plain_dir, "--text", good)
     assert rc == 2 and "no MoL/MoA groups to report on" in err

@@ -9,21 +9,18 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from modernalbert.data import cli as data_cli
-from modernalbert.data import corpus as corpus_mod
+from modernalbert.cli import data as data_cli
+from modernalbert.data import packing as corpus_mod
 from modernalbert.data import sources
-from modernalbert.data.corpus import (
+from modernalbert.data.corpus import CorpusSpec, HFDataset, PackagedText, TextFiles
+from modernalbert.data.mlm import mlm_collator, pack_documents
+from modernalbert.data.packing import (
     BlockSampler,
-    CorpusSpec,
-    HFDataset,
-    PackagedText,
     PackedBlocks,
     StreamingPackedDataset,
-    TextFiles,
     corpus_key,
     pack_texts,
 )
-from modernalbert.data.mlm import mlm_collator, pack_documents
 from modernalbert.data.sources import PackagedSource, folder_digest
 from tests.conftest import WORDS, make_tokenizer
 

@@ -9,8 +9,6 @@ from modernalbert import ModernAlbertForMaskedLM
 from modernalbert.distill.losses import DistillConfig, Distiller
 from tests.conftest import small_config
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _setup(dtype: torch.dtype):
     torch.manual_seed(1)

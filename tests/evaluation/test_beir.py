@@ -24,6 +24,8 @@ from modernalbert.evaluation.beir import (
     search,
     sentence_transformer_layout,
 )
+from modernalbert.evaluation.beir import index as beir_index
+from modernalbert.evaluation.config import RetrievalConfig
 from tests.conftest import make_tokenizer, randomize_adapters, small_config
 
 # ============================================================================================ fixtures
@@ -148,7 +150,7 @@ def test_chunked_search_equals_brute_force(score, chunk_size):
 
 
 def test_search_query_blocks_and_small_corpus(monkeypatch):
-    monkeypatch.setattr(beir, "QUERY_BLOCK", 4)  # several query blocks per chunk
+    monkeypatch.setattr(beir_index, "QUERY_BLOCK", 4)  # several query blocks per chunk
     g = torch.Generator().manual_seed(2)
     q, d = torch.randn(11, 6, generator=g), torch.randn(5, 6, generator=g)
     run = search(q, d, list("abcde"), [f"q{i}" for i in range(11)], top_k=100, chunk_size=2, score="dot")
@@ -402,7 +404,7 @@ def test_contrastive_loss_by_hand_and_masking():
 def test_evaluate_retrieval_runs_and_reports(tmp_path):
     folder = write_beir(tmp_path / "ds")
     model = save_small(tmp_path / "model")
-    out = beir.evaluate_retrieval(model, folder, split="test", batch_size=2, chunk_size=3)
+    out = beir.evaluate_retrieval(model, folder, RetrievalConfig(batch_size=2, chunk_size=3), split="test")
     assert out["num_queries"] == 2 and out["num_docs"] == 4 and out["pooling"] == "mean"
     assert 0.0 <= out["metrics"]["ndcg_cut_10"] <= 1.0 and out["metrics"]["recall_100"] == 1.0  # 4 docs, top 100
     data = load_beir(folder)
@@ -414,7 +416,7 @@ def test_evaluate_retrieval_runs_and_reports(tmp_path):
 def _parse(verb: str, suite: str, argv: list[str]):
     import argparse
 
-    from modernalbert.evaluation import beir_cli
+    from modernalbert.cli.suites import beir as beir_cli
 
     parser = argparse.ArgumentParser()
     getattr(beir_cli, f"add_{verb}_arguments")(parser, suite)
@@ -424,7 +426,7 @@ def _parse(verb: str, suite: str, argv: list[str]):
 
 
 def test_cli_evaluate_and_finetune_write_json(tmp_path, capsys):
-    from modernalbert.evaluation import beir_cli
+    from modernalbert.cli.suites import beir as beir_cli
 
     folder = write_beir(tmp_path / "ds")
     model = save_small(tmp_path / "model")

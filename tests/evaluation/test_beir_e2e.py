@@ -10,7 +10,8 @@ import torch
 from modernalbert import ModernAlbertModel
 from modernalbert.evaluation import beir
 from modernalbert.evaluation.beir import BeirData, encode, load_beir
-from modernalbert.evaluation.common import FinetuneConfig, load_model, load_tokenizer
+from modernalbert.evaluation.config import ContrastiveConfig, FinetuneConfig, RetrievalConfig
+from modernalbert.model.loading import load_model, load_tokenizer
 from tests.conftest import make_tokenizer, randomize_adapters, small_config
 from tests.evaluation.test_beir import write_beir
 
@@ -48,7 +49,7 @@ def rt_sample(folder, split: str, queries: int, distractors: int, seed: int = 0)
 
 def test_rt_review_plot_minilm_reports_real_ndcg(minilm, rt_folder):
     data = rt_sample(rt_folder, "test", queries=32, distractors=100)
-    out = beir.evaluate_retrieval(minilm, data, max_length=96)
+    out = beir.evaluate_retrieval(minilm, data, RetrievalConfig(max_length=96))
     assert (out["pooling"], out["normalize"]) == ("mean", True)  # read from the sentence-transformers folder
     m = out["metrics"]
     print(f"\nRT review→plot sample ({out['num_queries']} queries, {out['num_docs']} plots), all-MiniLM-L6-v2: "
@@ -68,7 +69,7 @@ def _small_rt_model(folder, minilm):
 def test_rt_review_plot_small_modernalbert_and_cli(tmp_path, minilm, rt_folder, capsys):
     import argparse
 
-    from modernalbert.evaluation import beir_cli
+    from modernalbert.cli.suites import beir as beir_cli
 
     model = _small_rt_model(tmp_path / "ma", minilm)
     parser = argparse.ArgumentParser()
@@ -102,8 +103,9 @@ def test_minilm_contrastive_finetune_changes_model_and_loads_in_sentence_transfo
     train = rt_sample(rt_folder, "train", queries=16, distractors=8, seed=1)
     before = {k: v.clone() for k, v in load_model(minilm, "encoder").state_dict().items()}
     cfg = FinetuneConfig(learning_rate=1e-4, batch_size=8, max_steps=2, warmup_ratio=0.0, max_length=48)
-    out = beir.finetune_retrieval(minilm, train, cfg, output_dir=tmp_path / "ft", hard_negatives=1, mine_top_k=5,
-                                  max_length=64, eval_split=None)
+    out = beir.finetune_retrieval(minilm, train, cfg, RetrievalConfig(max_length=64),
+                                  ContrastiveConfig(hard_negatives=1, mine_top_k=5), output_dir=tmp_path / "ft",
+                                  eval_split=None)
     assert out["train"]["steps"] == 2 and out["train"]["negatives_from"] == "mined" and out["eval"] is None
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in out["train"]["history"])
     after = load_model(tmp_path / "ft", "encoder").state_dict()
@@ -125,8 +127,9 @@ def test_modernalbert_finetune_saves_a_sentence_transformers_model(tmp_path, poo
     negs = tmp_path / "negs.tsv"
     negs.write_text("q1\td3\nq2\td1\n")
     cfg = FinetuneConfig(learning_rate=1e-3, batch_size=2, max_steps=2, warmup_ratio=0.0, precision="fp32")
-    out = beir.finetune_retrieval(base, folder, cfg, output_dir=tmp_path / "ft", hard_negatives_file=negs,
-                                  symmetric=True, max_length=64, eval_split="test")
+    out = beir.finetune_retrieval(base, folder, cfg, RetrievalConfig(max_length=64),
+                                  ContrastiveConfig(hard_negatives_file=str(negs), symmetric=True),
+                                  output_dir=tmp_path / "ft", eval_split="test")
     assert out["train"]["negatives_from"] == "file" and out["eval"]["num_queries"] == 2
     assert out["train"]["pooling"] == pooling and out["train"]["normalize"] == normalize
     texts = ["the cat sat on the mat", "a small bird", "the quick red bird flew over the old house", "fish"]

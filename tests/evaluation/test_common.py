@@ -1,4 +1,4 @@
-"""The shared engine of the benchmark suites: batching, collation, fine-tuning, ordered prediction, reporting."""
+"""The shared engine of the benchmark suites: collation, fine-tuning, ordered prediction, reporting."""
 
 import json
 
@@ -9,52 +9,39 @@ import torch
 from modernalbert import ModernAlbertForSequenceClassification
 from modernalbert.evaluation.common import (
     FinetuneConfig,
-    bucket_batches,
-    collate,
     finetune,
-    load_model,
     markdown_table,
     mean_std,
     model_inputs,
+    padding_collator,
     predict,
-    write_json,
 )
-from tests.conftest import small_config
-
-
-@pytest.mark.parametrize("shuffle", [False, True])
-def test_bucket_batches_cover_every_index_once(shuffle):
-    lengths = np.random.default_rng(0).integers(1, 300, size=1001).tolist()
-    batches = bucket_batches(lengths, 16, shuffle=shuffle, seed=3, megabatch=4)
-    flat = [i for b in batches for i in b]
-    assert sorted(flat) == list(range(1001))
-    assert all(1 <= len(b) <= 16 for b in batches)
-    if shuffle:  # same seed, same order; another seed, another order
-        assert batches == bucket_batches(lengths, 16, shuffle=True, seed=3, megabatch=4)
-        assert batches != bucket_batches(lengths, 16, shuffle=True, seed=4, megabatch=4)
-    else:  # longest first, and batches are contiguous in length
-        assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
-
-
-def test_bucketing_cuts_padding():
-    lengths = np.random.default_rng(1).integers(8, 512, size=2048).tolist()
-
-    def padded(batches):
-        return sum(max(lengths[i] for i in b) * len(b) for b in batches)
-
-    naive = [list(range(i, min(i + 32, 2048))) for i in range(0, 2048, 32)]
-    assert padded(bucket_batches(lengths, 32, shuffle=True)) < 0.7 * padded(naive)
+from modernalbert.model.loading import load_model
+from modernalbert.utils.io import write_json
+from tests.conftest import make_tokenizer, small_config
 
 
 def test_collate_pads_right_and_builds_the_mask():
+    collate = padding_collator(make_tokenizer())  # transformers' DataCollatorWithPadding; [PAD] = 0
     feats = [{"input_ids": [5, 6, 7], "labels": 1, "index": 0}, {"input_ids": [8], "labels": 0, "index": 1},
              {"input_ids": [9, 9], "labels": 0.5, "index": 2}][:2]
-    batch = collate(feats, pad_token_id=0)
+    batch = collate(feats)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [1, 0] and batch["index"].tolist() == [0, 1]
-    reg = collate([{"input_ids": [1], "labels": 0.25}, {"input_ids": [2, 3], "labels": 1.5}], pad_token_id=9)
-    assert reg["labels"].dtype == torch.float32 and reg["input_ids"].tolist() == [[1, 9], [2, 3]]
+    reg = collate([{"input_ids": [1], "labels": 0.25}, {"input_ids": [2, 3], "labels": 1.5}])
+    assert reg["labels"].dtype == torch.float32 and reg["input_ids"].tolist() == [[1, 0], [2, 3]]
+
+
+def test_collator_refuses_left_padding_and_a_missing_pad_token():
+    tok = make_tokenizer()
+    tok.padding_side = "left"
+    with pytest.raises(ValueError, match="padding_side"):
+        padding_collator(tok)
+    tok = make_tokenizer()
+    tok.pad_token = None
+    with pytest.raises(ValueError, match="no pad token"):
+        padding_collator(tok)
 
 
 def test_model_inputs_keep_only_forward_arguments():
@@ -89,7 +76,7 @@ def test_finetune_learns_and_predict_returns_input_order():
     model = ModernAlbertForSequenceClassification(small_config(num_labels=2))
     train, test = _toy_features(256, 0), _toy_features(64, 1)
     cfg = FinetuneConfig(learning_rate=3e-3, batch_size=16, max_steps=80, warmup_ratio=0.1, log_every=10)
-    history = finetune(model, train, cfg, pad_token_id=0)
+    history = finetune(model, train, cfg, tokenizer=make_tokenizer())
     assert history.steps == 80 and len(history.records) == 8
     assert history.records[-1]["loss"] < 0.5 * history.records[0]["loss"]
     assert not model.training
@@ -97,7 +84,7 @@ def test_finetune_learns_and_predict_returns_input_order():
     def logits(m, batch):
         return list(m(**model_inputs(m, batch)).logits.float().cpu().numpy())
 
-    got = predict(model, test, logits, batch_size=8, pad_token_id=0)
+    got = predict(model, test, logits, batch_size=8, tokenizer=make_tokenizer())
     with torch.no_grad():  # one example at a time: the reference order, no padding at all
         ref = [model(torch.tensor([f["input_ids"]])).logits[0].numpy() for f in test]
     np.testing.assert_allclose(np.stack(got), np.stack(ref), atol=1e-5)
@@ -108,7 +95,7 @@ def test_finetune_learns_and_predict_returns_input_order():
 def test_finetune_rejects_an_empty_split():
     model = ModernAlbertForSequenceClassification(small_config(num_labels=2))
     with pytest.raises(ValueError, match="empty"):
-        finetune(model, [], FinetuneConfig(max_steps=1), pad_token_id=0)
+        finetune(model, [], FinetuneConfig(max_steps=1), tokenizer=make_tokenizer())
 
 
 def test_load_model_errors_name_the_problem(tmp_path):

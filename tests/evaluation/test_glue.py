@@ -20,14 +20,15 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 from modernalbert import ModernAlbertForMaskedLM
-from modernalbert.evaluation import glue
-from modernalbert.evaluation.common import FinetuneConfig, load_model
-from modernalbert.evaluation.glue_cli import (
+from modernalbert.cli.suites.glue import (
     add_evaluate_arguments,
     add_finetune_arguments,
     run_evaluate,
     run_finetune,
 )
+from modernalbert.evaluation import glue
+from modernalbert.evaluation.config import FinetuneConfig
+from modernalbert.model.loading import load_model
 from tests.conftest import SPECIALS, WORDS, make_tokenizer, small_config
 
 # ============================================================================================ metrics
@@ -78,6 +79,37 @@ def test_degenerate_cases():
         glue.accuracy([], [])
     with pytest.raises(ValueError, match="same length"):
         glue.accuracy([1, 0], [1])
+
+
+DEGENERATE = {
+    "constant predictions": ([2.0] * 6, [0.5, 2.0, 3.5, 1.0, 4.8, 0.0]),
+    "constant labels": ([0.5, 2.0, 3.5, 1.0, 4.8, 0.0], [3.0] * 6),
+    "both constant": ([1.0] * 4, [1.0] * 4),
+    "two examples": ([0.1, 0.2], [5.0, 1.0]),
+    "all tied but one": ([1.0, 1.0, 1.0, 2.0], [0.0, 1.0, 2.0, 3.0]),
+    "huge values": ([1e200, 2e200, 3e200], [1.0, 2.0, 3.0]),
+}
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-12)
+
+
+@pytest.mark.parametrize("case", DEGENERATE)
+def test_stsb_correlations_equal_scipy_at_degenerate_inputs(case):
+    p, y = DEGENERATE[case]
+    assert _same(glue.pearson(p, y), _quiet(pearsonr, p, y)[0])
+    assert _same(glue.spearman(p, y), _quiet(spearmanr, p, y)[0])
+    scores = glue.compute_metrics("stsb", p, y)
+    assert _same(scores["pearson"], _quiet(pearsonr, p, y)[0]) and _same(scores["spearman"], _quiet(spearmanr, p, y)[0])
+
+
+@pytest.mark.parametrize(("p", "y"), [([1] * 5, [0, 1, 1, 0, 1]), ([0, 1, 1, 0, 1], [1] * 5), ([0] * 4, [0] * 4),
+                                      ([2, 2, 0], [0, 1, 2])])
+def test_mcc_and_f1_equal_sklearn_at_degenerate_inputs(p, y):
+    assert glue.matthews_corrcoef(p, y) == _quiet(sk_mcc, y, p)
+    pb, yb = [v % 2 for v in p], [v % 2 for v in y]
+    assert glue.f1(pb, yb) == _quiet(f1_score, yb, pb, zero_division=0.0)
 
 
 def test_task_metrics_and_main_score():
@@ -457,7 +489,7 @@ def test_init_from_keeps_the_encoder_with_a_new_head(sst2_model, tiny_model, glu
     assert set(result["metrics"]["validation"]) == {"pearson", "spearman"} and result["init_from"] == model_dir
     # same label count (RTE after SST-2): the classifier is still drawn afresh; the encoder comes from model_dir
     model = load_model(model_dir, "sequence-classification", num_labels=2, ignore_mismatched_sizes=True)
-    glue._new_classifier(model, seed=0)
+    glue.new_classifier(model, seed=0)
     saved = load_file(str(Path(model_dir) / "model.safetensors"))
     assert not torch.equal(model.classifier.weight, saved["classifier.weight"])
     assert torch.equal(model.model.embeddings.tok_embeddings.weight, saved["model.embeddings.tok_embeddings.weight"])
@@ -492,7 +524,7 @@ def test_nan_scores_are_null_in_json_and_last_in_a_grid(tmp_path):
 
 
 def _cli(verb: str, argv: list[str]) -> int:
-    """The suite wiring of ``modernalbert finetune|evaluate SUITE`` (see modernalbert.evaluation.cli)."""
+    """The suite wiring of ``modernalbert finetune|evaluate SUITE`` (see modernalbert.cli.suites)."""
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="suite", required=True)
     for suite in ("glue", "rt-sentiment"):

@@ -400,9 +400,9 @@ def _bert_folder(path):
 @pytest.fixture
 def only_squad_suite(monkeypatch):
     """The CLI with the SQuAD suite alone, so that these tests do not depend on the other suites' modules."""
-    from modernalbert.evaluation import cli
+    from modernalbert.cli import suites
 
-    monkeypatch.setattr(cli, "SUITES", {"squad": cli.SUITES["squad"]})
+    monkeypatch.setattr(suites, "SUITES", {"squad": suites.SUITES["squad"]})
 
 
 @pytest.mark.parametrize("build", [_modernalbert_folder, _bert_folder], ids=["modernalbert", "bert"])
@@ -452,16 +452,25 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, only_squad_suite, capsys):
 
 
 def test_cli_defaults_match_the_library():
-    from modernalbert.evaluation import squad_cli
+    import argparse
 
-    assert (squad_cli.MAX_LENGTH, squad_cli.STRIDE, squad_cli.N_BEST, squad_cli.MAX_ANSWER_LENGTH) == (
-        squad.MAX_LENGTH, squad.STRIDE, squad.N_BEST, squad.MAX_ANSWER_LENGTH)
-    assert (squad_cli.LEARNING_RATE, squad_cli.BATCH_SIZE, squad_cli.EPOCHS, squad_cli.EVAL_BATCH_SIZE) == (
+    from modernalbert.cli.arguments import config_from_args
+    from modernalbert.cli.suites import squad as squad_cli
+    from modernalbert.evaluation.config import FinetuneConfig
+
+    parser = argparse.ArgumentParser()
+    squad_cli.add_finetune_arguments(parser)
+    args = parser.parse_args(["m", "--data", "d.json", "--output-dir", "o"])
+    cfg = config_from_args(FinetuneConfig, args, key="ft")
+    assert (cfg.max_length, args.stride, args.n_best, args.max_answer_length) == (
+        squad.MAX_LENGTH, None, squad.N_BEST, squad.MAX_ANSWER_LENGTH)  # stride None: max_length // 3 = STRIDE
+    assert squad.MAX_LENGTH // 3 == squad.STRIDE
+    assert (cfg.learning_rate, cfg.batch_size, cfg.epochs, cfg.eval_batch_size) == (
         squad.LEARNING_RATE, squad.BATCH_SIZE, squad.EPOCHS, squad.EVAL_BATCH_SIZE)
 
 
 def test_python_api_finetune_without_eval_data(tmp_path):
-    from modernalbert.evaluation.common import FinetuneConfig
+    from modernalbert.evaluation.config import FinetuneConfig
 
     model = _bert_folder(tmp_path / "m")
     data = write_json(tmp_path / "d.json", v2_data())
@@ -477,7 +486,7 @@ def test_python_api_finetune_without_eval_data(tmp_path):
 def test_tiny_modernalbert_memorises_the_fixture(tmp_path):
     # Labels, windows, post-processing and the metric agree end to end: a model that fits the training windows
     # answers the same questions right (answerable ones with their text, unanswerable ones with "").
-    from modernalbert.evaluation.common import FinetuneConfig
+    from modernalbert.evaluation.config import FinetuneConfig
 
     data = write_json(tmp_path / "d.json", v2_data())
     cfg = FinetuneConfig(max_length=64, max_steps=150, batch_size=8, learning_rate=3e-3, warmup_ratio=0.05,

@@ -11,7 +11,6 @@ from modernalbert import ModernAlbertForMaskedLM, ModernAlbertModel, merge_exper
 from modernalbert.export.onnx import export_onnx, synthetic_batches, verify_onnx
 from tests.conftest import randomize_adapters, small_config
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 FORMS = [("lowrank", None), ("svd", None), ("svd", 8), ("fold", None)]
 
 

@@ -1,8 +1,6 @@
 """Fast paths against their references: attention implementations, the per-sequence CPU SDPA path, RoPE (in place
-without autograd), torch.compile (no graph breaks in the MoL executor, outputs equal to eager), length-bucketed
-batching."""
+without autograd), torch.compile (no graph breaks in the MoL executor, outputs equal to eager)."""
 
-import random
 import shutil
 import sys
 
@@ -11,13 +9,6 @@ import torch
 
 from modernalbert import ModernAlbertModel
 from modernalbert.model import modeling
-from modernalbert.model.batching import (
-    encode_sequences,
-    iter_bucketed_batches,
-    length_bucketed_batches,
-    pad_batch,
-    restore_order,
-)
 from tests.conftest import padded_batch, randomize_adapters, small_config
 
 # ============================================================================================== attention paths
@@ -273,68 +264,3 @@ def test_compiled_model_matches_eager(mixing):
     torch.testing.assert_close(out.last_hidden_state[real], ref.last_hidden_state[real], rtol=0, atol=1e-5)
     torch.testing.assert_close(out.expert_usage, ref.expert_usage, rtol=0, atol=1e-6)
     torch.testing.assert_close(out.router_aux_loss, ref.router_aux_loss, rtol=0, atol=1e-6)
-
-
-# ==================================================================================================== batching
-
-
-@pytest.mark.parametrize("seed", range(5))
-@pytest.mark.parametrize("limits", [dict(max_tokens=64), dict(batch_size=3), dict(max_tokens=100, batch_size=4)])
-def test_length_bucketed_batches_invariants(seed, limits):
-    rng = random.Random(seed)
-    lengths = [rng.randint(0, 80) for _ in range(rng.randint(1, 40))]
-    batches = length_bucketed_batches(lengths, **limits)
-    flat = [i for b in batches for i in b]
-    assert sorted(flat) == list(range(len(lengths)))  # every index exactly once
-    assert all(b for b in batches)
-    for b in batches:
-        if limits.get("batch_size"):
-            assert len(b) <= limits["batch_size"]
-        if limits.get("max_tokens") and len(b) > 1:
-            assert len(b) * max(lengths[i] for i in b) <= limits["max_tokens"]  # padded-token budget
-    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)  # bucketed by length, longest first
-    # restore_order puts per-example results back in the input order
-    outputs = [torch.tensor([[i, lengths[i]] for i in b]) for b in batches]
-    restored = restore_order(batches, outputs)
-    assert [int(r[0]) for r in restored] == list(range(len(lengths)))
-    assert [int(r[1]) for r in restored] == lengths
-
-
-def test_length_bucketed_batches_long_sequence_and_errors():
-    assert length_bucketed_batches([500, 3, 4], max_tokens=100) == [[0], [2, 1]]  # too long: a batch of its own
-    assert length_bucketed_batches([], batch_size=2) == []
-    with pytest.raises(ValueError, match="max_tokens, batch_size"):
-        length_bucketed_batches([1, 2])
-    with pytest.raises(ValueError, match="max_tokens"):
-        length_bucketed_batches([1, 2], max_tokens=0)
-    with pytest.raises(ValueError, match="twice"):
-        restore_order([[0, 0]], [[1, 2]])
-
-
-def test_pad_batch_and_bucketed_iteration():
-    seqs = [[5, 6, 7], [8], [9, 10, 11, 12, 13]]
-    ids, mask = pad_batch(seqs, pad_token_id=0, pad_to_multiple_of=4)
-    assert ids.shape == mask.shape == (3, 8)
-    assert ids[0].tolist() == [5, 6, 7, 0, 0, 0, 0, 0] and mask.sum(-1).tolist() == [3, 1, 5]
-    seen = []
-    for batch, b_ids, b_mask in iter_bucketed_batches(seqs, pad_token_id=0, max_tokens=10):
-        assert b_ids.shape[1] == max(len(seqs[i]) for i in batch)
-        for row, i in enumerate(batch):
-            assert b_ids[row][b_mask[row].bool()].tolist() == seqs[i]
-        seen += batch
-    assert sorted(seen) == [0, 1, 2]
-
-
-@pytest.mark.parametrize("pooling", ["mean", "cls"])
-def test_encode_sequences_matches_one_by_one_in_input_order(pooling):
-    model = _model().train()
-    g = torch.Generator().manual_seed(3)
-    seqs = [torch.randint(4, 512, (n,), generator=g).tolist() for n in (5, 17, 2, 9, 17, 1, 30)]
-    emb = encode_sequences(model, seqs, pad_token_id=0, max_tokens=40, pooling=pooling)
-    assert model.training  # the training flag is restored
-    model.eval()
-    with torch.no_grad():
-        for i, s in enumerate(seqs):
-            hidden = model(torch.tensor([s])).last_hidden_state  # (1, n, d)
-            ref = hidden.mean(1)[0] if pooling == "mean" else hidden[0, 0]
-            torch.testing.assert_close(emb[i], ref, rtol=0, atol=1e-5)

@@ -19,7 +19,7 @@ def _reference_router(x, weight, k):
 
 
 def reference_mol(module: MoLGeGLU, x: torch.Tensor, mixing: str) -> torch.Tensor:
-    """The DESIGN section 3 equations, one token at a time, with the experts as explicit dense matrices."""
+    """The MoL equations (both mixings), one token at a time, with the experts as explicit dense matrices."""
     W1, W2 = module.Wi.weight.double(), module.Wo.weight.double()
     s = module.scale
     out = []

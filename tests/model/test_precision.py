@@ -40,7 +40,6 @@ VARIANTS = {
     "folded": ({"mol_mixing": "weight"}, "fold"),
 }
 ROUTED = ("mol-output", "mol-weight", "moa")
-pytestmark = pytest.mark.usefixtures("one_thread")
 HEADS = [
     M.ModernAlbertModel,
     M.ModernAlbertForMaskedLM,

@@ -17,7 +17,6 @@ from modernalbert.training.recipe import Recipe
 from modernalbert.training.trainer import pretrain
 from tests.conftest import WORDS, make_tokenizer, small_config
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 STEPS = 20
 
 

@@ -54,7 +54,9 @@ def setup(tmp_path_factory):
 
 
 def run(setup, out, *extra, torchrun: int = 0, check=True):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    # This checkout's package first (src/), then the tests; the subprocess must run the code under test.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]), "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1"}
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(torchrun),
                  "--master_port", "29517"] if torchrun else [sys.executable])
     cmd = [*launcher, str(DRIVER), str(setup / "recipe.yaml"), f"output_dir={out}", *extra]

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from modernalbert import ModernAlbertForMaskedLM
+from modernalbert.training.optim import param_groups, wsd_schedule
 from modernalbert.training.recipe import OptimSection, Recipe
-from modernalbert.training.trainer import param_groups, wsd_lambda
 from tests.conftest import small_config
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -46,13 +46,40 @@ def test_overrides_and_unknown_keys(tmp_path):
         Recipe.load(bad)
 
 
+def _learning_rates(optim: OptimSection, total: int, start: int = 0) -> list[float]:
+    """The factor each optimisation step runs at (peak lr 1), from ``start`` (a resumed run) to the end."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1.0)
+    if start:  # a resumed run: the optimiser state (with its groups' initial_lr) is loaded before the schedule
+        opt.param_groups[0]["initial_lr"] = 1.0
+    scheduler = wsd_schedule(opt, optim, total, start)
+    values = []
+    for _ in range(start, total):
+        values.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    return values
+
+
 def test_warmup_stable_decay():
-    f = wsd_lambda(OptimSection(warmup_steps=10, decay_steps=20, min_lr_ratio=0.1), total_steps=100)
-    values = [f(s) for s in range(100)]
-    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    values = _learning_rates(OptimSection(warmup_steps=10, decay_steps=20, min_lr_ratio=0.1), 100)
+    # transformers.get_wsd_schedule, one step ahead: the first step already trains (with min_lr_ratio > 0 the
+    # library's warm-up starts from the floor), the peak is reached at step warmup - 1.
+    assert values[0] == pytest.approx(0.1 + 0.9 * 0.1) and values[9] == pytest.approx(1.0)
     assert all(v == 1.0 for v in values[10:80])
     assert values[80] == pytest.approx(1.0) and values[99] == pytest.approx(0.1 + 0.9 / 20)
     assert all(a >= b for a, b in itertools.pairwise(values[80:]))
+    assert _learning_rates(OptimSection(warmup_steps=10, decay_steps=20, min_lr_ratio=0.1), 100, 37) == values[37:]
+
+
+@pytest.mark.parametrize(("warmup", "decay", "total"), [(10, 20, 100), (30, 60, 300), (0, 0, 50), (1, 1, 4)])
+def test_schedule_keeps_the_learning_rates_of_the_shipped_recipes(warmup, decay, total):
+    """With min_lr_ratio 0 (every shipped recipe) each step runs at (s + 1) / warmup in warm-up, 1, then
+    (total - s) / decay: the schedule's rates before it was delegated to transformers, so measured runs hold."""
+    expected = [(s + 1) / warmup if s < warmup else (total - s) / decay if decay and s >= total - decay else 1.0
+                for s in range(total)]
+    got = _learning_rates(OptimSection(warmup_steps=warmup, decay_steps=decay), total)
+    assert got == pytest.approx(expected, abs=1e-12)
 
 
 def test_no_weight_decay_on_norms_biases_and_embeddings():

@@ -1,5 +1,5 @@
 """Analysis tools for trained ModernAlbert models (routing analytics)."""
 
-from .routing import REPORT_JSON, REPORT_PNG, encoder_of, routed_layers, routing_report
+from .routing import REPORT_JSON, REPORT_PNG, routed_layers, routing_report
 
-__all__ = ["REPORT_JSON", "REPORT_PNG", "encoder_of", "routed_layers", "routing_report"]
+__all__ = ["REPORT_JSON", "REPORT_PNG", "routed_layers", "routing_report"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from modernalbert.model import ModernAlbertModel
+from ..model.modeling import ModernAlbertModel
+from ..utils.io import atomic_write, write_text
 
 REPORT_JSON = "routing.json"
 REPORT_PNG = "routing.png"
@@ -58,28 +58,6 @@ class _GroupStats:
     tokens: int = 0  # routing events of all tokens
 
 
-def encoder_of(model: nn.Module) -> ModernAlbertModel:
-    """The :class:`ModernAlbertModel` inside any ModernAlbert class (the model itself, or a head's ``.model``).
-
-    Args:
-        model: A ModernAlbert base or head model.
-
-    Returns:
-        The encoder.
-
-    Raises:
-        ValueError: ``model`` is not a ModernAlbert model.
-    """
-    if isinstance(model, ModernAlbertModel):
-        return model
-    inner = getattr(model, "model", None)
-    if isinstance(inner, ModernAlbertModel):
-        return inner
-    raise ValueError(
-        f"Expected a ModernAlbert model (ModernAlbertModel or a ModernAlbertFor* head), got {type(model).__name__}."
-    )
-
-
 def routed_layers(encoder: ModernAlbertModel) -> list[tuple[int, int, int]]:
     """``(layer, group, position within group)`` of every effective layer whose group is routed, in depth order.
 
@@ -103,6 +81,68 @@ def _check_positive(name: str, value: int) -> None:
 
 
 # ==================================================================================================== report
+
+
+def _check_inputs(model: nn.Module, tokenizer: Any, texts: list[str], **options: int,
+                  ) -> tuple[ModernAlbertModel, list[tuple[int, int, int]]]:
+    """The encoder and its routed layers, after refusing bad options, no text, a non-ModernAlbert or unrouted
+    model, and a tokenizer without pad token."""
+    for name, value in options.items():
+        _check_positive(name, value)
+    if not texts:
+        raise ValueError("No texts to route: pass at least one non-empty text.")
+    encoder = getattr(model, "base_model", None)
+    if not isinstance(encoder, ModernAlbertModel):
+        raise ValueError(f"Expected a ModernAlbert model (ModernAlbertModel or a ModernAlbertFor* head), got "
+                         f"{type(model).__name__}.")
+    plan = routed_layers(encoder)
+    if not plan:
+        raise ValueError(
+            f"This model has no MoL/MoA groups to report on (ffn_variants={_variant_list(encoder)}): routing-report "
+            "needs a model with routed groups (config mol_groups, or ffn_variants with 'mol' or 'moa')."
+        )
+    if getattr(tokenizer, "pad_token_id", None) is None:
+        raise ValueError("The tokenizer has no pad token: set tokenizer.pad_token (e.g. to '[PAD]') before batching.")
+    _require_matplotlib()
+    return encoder, plan
+
+
+def _collect(model: nn.Module, encoder: ModernAlbertModel, tokenizer: Any, texts: list[str],
+             plan: list[tuple[int, int, int]], positions: list[_PositionStats], groups: dict[int, _GroupStats],
+             batch_size: int, max_length: int) -> int:
+    """Run the texts through the encoder with a hook on every router, adding to the statistics; returns the
+    number of real tokens. Hooks are removed and the training flag restored even when a forward pass fails."""
+    device = next(encoder.parameters()).device
+    state: dict[str, Any] = {"call": 0, "ids": None}
+    num_tokens = 0
+    was_training = model.training
+    # Router of each routed call, in call order: the hook checks that calls arrive in the order of the plan.
+    expected = [encoder.groups[g].mlp.router for _, g, _ in plan]
+    hook = _make_hook(expected, positions, groups, state)
+    handles = []
+    try:
+        # A group that runs at several positions calls one router several times: hook each router once.
+        for g in dict.fromkeys(g for _, g, _ in plan):
+            handles.append(encoder.groups[g].mlp.router.register_forward_hook(hook, with_kwargs=True))
+        model.eval()
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
+                                  max_length=max_length, return_tensors="pt")
+                input_ids = batch["input_ids"].to(device)  # (B, L)
+                mask = batch["attention_mask"].to(device)  # (B, L)
+                # Row-major real tokens: the order of the router's (N, d) input.
+                state["ids"] = input_ids[mask.bool()].cpu()  # (N,)
+                state["call"] = 0
+                encoder(input_ids=input_ids, attention_mask=mask, return_dict=True)
+                if state["call"] != len(plan):
+                    raise RuntimeError(f"Expected {len(plan)} router calls per forward pass, saw {state['call']}.")
+                num_tokens += int(state["ids"].numel())
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return num_tokens
 
 
 def routing_report(
@@ -151,28 +191,13 @@ def routing_report(
         ValueError: No texts, a non-positive option, a tokenizer without pad token, or a model without any routed
             (MoL/MoA) group.
     """
-    for name, value in (("batch_size", batch_size), ("max_length", max_length), ("top_tokens", top_tokens),
-                        ("min_count", min_count)):
-        _check_positive(name, value)
     texts = list(texts)
-    if not texts:
-        raise ValueError("No texts to route: pass at least one non-empty text.")
-    encoder = encoder_of(model)
-    plan = routed_layers(encoder)
-    if not plan:
-        raise ValueError(
-            f"This model has no MoL/MoA groups to report on (ffn_variants={_variant_list(encoder)}): routing-report "
-            "needs a model with routed groups (config mol_groups, or ffn_variants with 'mol' or 'moa')."
-        )
-    if getattr(tokenizer, "pad_token_id", None) is None:
-        raise ValueError("The tokenizer has no pad token: set tokenizer.pad_token (e.g. to '[PAD]') before batching.")
-    _require_matplotlib()
-
+    encoder, plan = _check_inputs(model, tokenizer, texts, batch_size=batch_size, max_length=max_length,
+                                  top_tokens=top_tokens, min_count=min_count)
     first = encoder.groups[plan[0][1]].mlp.router
     E, k = int(first.num_experts), int(first.top_k)
     V = int(encoder.config.vocab_size)
     max_length = min(max_length, int(encoder.config.max_position_embeddings))
-    device = next(encoder.parameters()).device
 
     positions = [_PositionStats(layer, g, pos, torch.zeros(E, dtype=torch.float64), torch.zeros(E, dtype=torch.float64))
                  for layer, g, pos in plan]
@@ -182,44 +207,16 @@ def routing_report(
             groups[g] = _GroupStats(g, [], torch.zeros(V, E, dtype=torch.float64), torch.zeros(V, dtype=torch.float64),
                                     torch.zeros(E, dtype=torch.float64))
         groups[g].layers.append(layer)
-
-    state: dict[str, Any] = {"call": 0, "ids": None}
-    num_tokens = 0
-    was_training = model.training
-    # Router of each routed call, in call order: the hook checks that calls arrive in the order of the plan.
-    expected = [encoder.groups[g].mlp.router for _, g, _ in plan]
-    hook = _make_hook(expected, positions, groups, state)
-    handles = []
-    try:
-        # A group that runs at several positions calls one router several times: hook each router once.
-        for g in dict.fromkeys(g for _, g, _ in plan):
-            handles.append(encoder.groups[g].mlp.router.register_forward_hook(hook, with_kwargs=True))
-        model.eval()
-        with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
-                                  max_length=max_length, return_tensors="pt")
-                input_ids = batch["input_ids"].to(device)  # (B, L)
-                mask = batch["attention_mask"].to(device)  # (B, L)
-                # Row-major real tokens: the order of the router's (N, d) input.
-                state["ids"] = input_ids[mask.bool()].cpu()  # (N,)
-                state["call"] = 0
-                encoder(input_ids=input_ids, attention_mask=mask, return_dict=True)
-                if state["call"] != len(plan):
-                    raise RuntimeError(f"Expected {len(plan)} router calls per forward pass, saw {state['call']}.")
-                num_tokens += int(state["ids"].numel())
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    num_tokens = _collect(model, encoder, tokenizer, texts, plan, positions, groups, batch_size, max_length)
 
     report = _build_report(model, encoder, tokenizer, positions, groups, E=E, k=k, num_texts=len(texts),
                            num_tokens=num_tokens, batch_size=batch_size, max_length=max_length,
                            top_tokens=top_tokens, min_count=min_count)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / REPORT_JSON, lambda f: f.write(json.dumps(report, indent=2).encode("utf-8")))
-    _atomic_write(out / REPORT_PNG, lambda f: _plot(report, f))
+    write_text(out / REPORT_JSON, json.dumps(report, indent=2))
+    with atomic_write(out / REPORT_PNG, "wb") as fh:
+        _plot(report, fh)
     return report
 
 
@@ -346,18 +343,6 @@ def _token_string(tokenizer: Any, token_id: int) -> str:
 
 
 # ===================================================================================================== output
-
-
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _require_matplotlib() -> None:

@@ -1,1 +1,2 @@
-"""The ``modernalbert`` command line: a thin dispatcher from subcommands to library functions."""
+"""The command line: one module per command (``modernalbert/cli/<command>.py``: ``add_arguments(parser)`` and
+``run(args) -> int``, heavy imports inside ``run``), dispatched by the light entry point :mod:`modernalbert_cli`."""

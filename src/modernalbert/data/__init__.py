@@ -1,19 +1,16 @@
 """Data: packaged real sources (fetched into a cache, checksummed), text documents, and pretraining corpora."""
 
-from .corpus import (
+from .corpus import CorpusSpec, HFDataset, PackagedText, TextFiles
+from .packing import (
     BlockSampler,
-    CorpusSpec,
-    HFDataset,
-    PackagedText,
     PackedBlocks,
     StreamingPackedDataset,
-    TextFiles,
     corpus_key,
     pack_texts,
     tokenizer_fingerprint,
 )
 from .sources import SOURCES, cache_dir, fetch
-from .text import TEXT_SOURCES, Document, load_documents, split_documents
+from .text import TEXT_SOURCES, Document, load_documents, read_texts, split_documents
 
 __all__ = [
     "SOURCES",
@@ -31,6 +28,7 @@ __all__ = [
     "fetch",
     "load_documents",
     "pack_texts",
+    "read_texts",
     "split_documents",
     "tokenizer_fingerprint",
 ]

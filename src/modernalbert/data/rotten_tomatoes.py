@@ -20,9 +20,10 @@ import io
 import json
 import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..utils.io import atomic_folder
 
 FILE = "rotten_tomatoes_corpus_full.csv.bz2"
 LABELS = ("rotten", "fresh")  # label id = index: rotten 0, fresh 1
@@ -133,28 +134,21 @@ def write_review_plot_beir(folder: str | os.PathLike, seed: int = 0, path: str |
             seen.add(r.text)
             queries.append(r)
     train_movies, test_movies = split_movies({q.movie for q in queries}, seed, (1 - test_fraction, test_fraction))
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-    (tmp / "qrels").mkdir()
-    with (tmp / "corpus.jsonl").open("w", encoding="utf-8") as fh:
-        for movie in sorted(plots):
-            fh.write(json.dumps({"_id": doc_id[movie], "title": "", "text": plots[movie]}) + "\n")
-    with (tmp / "queries.jsonl").open("w", encoding="utf-8") as fh:
-        for i, q in enumerate(queries):
-            fh.write(json.dumps({"_id": f"review-{i}", "text": q.text}) + "\n")
-    for split, movies in (("train", train_movies), ("test", test_movies)):
-        with (tmp / "qrels" / f"{split}.tsv").open("w", encoding="utf-8") as fh:
-            fh.write("query-id\tcorpus-id\tscore\n")
+    with atomic_folder(folder) as tmp:
+        (tmp / "qrels").mkdir()
+        with (tmp / "corpus.jsonl").open("w", encoding="utf-8") as fh:
+            for movie in sorted(plots):
+                fh.write(json.dumps({"_id": doc_id[movie], "title": "", "text": plots[movie]}) + "\n")
+        with (tmp / "queries.jsonl").open("w", encoding="utf-8") as fh:
             for i, q in enumerate(queries):
-                if q.movie in movies:
-                    fh.write(f"review-{i}\t{doc_id[q.movie]}\t1\n")
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
-    return folder
+                fh.write(json.dumps({"_id": f"review-{i}", "text": q.text}) + "\n")
+        for split, movies in (("train", train_movies), ("test", test_movies)):
+            with (tmp / "qrels" / f"{split}.tsv").open("w", encoding="utf-8") as fh:
+                fh.write("query-id\tcorpus-id\tscore\n")
+                for i, q in enumerate(queries):
+                    if q.movie in movies:
+                        fh.write(f"review-{i}\t{doc_id[q.movie]}\t1\n")
+    return Path(folder)
 
 
 __all__ = ["LABELS", "SPLITS", "RTRow", "read_rows", "sentiment_splits", "split_movies", "write_review_plot_beir"]

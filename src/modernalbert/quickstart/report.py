@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ..utils.io import atomic_path, write_text
 
 if TYPE_CHECKING:
     from .pipeline import Quickstart
@@ -24,9 +24,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def _counts(job: Quickstart) -> dict[str, tuple[int, int]]:
     """Unique / effective parameters of each model (a plain encoder's effective count equals its unique count)."""
-    from ..evaluation.common import load_model
     from ..model import count_parameters
-    from ..model.loading import load_pretrained
+    from ..model.loading import load_model, load_pretrained
 
     ft = job.result("finetune")
     out = {}
@@ -66,11 +65,9 @@ def _plot(job: Quickstart, path: Path) -> None:
     ax2.set(title="Fine-tuning on RT sentiment", xlabel="step", ylabel="cross-entropy")
     ax2.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_report(job: Quickstart) -> tuple[Path, str]:
@@ -141,12 +138,7 @@ Expert usage per effective layer (router top-k shares on validation reviews):
 
 Rerun `modernalbert quickstart` to resume (finished stages are skipped); `--force` starts over.
 """
-    path = out / "report.md"
-    fd, tmp = tempfile.mkstemp(dir=out, suffix=".md")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-    return path, table
+    return write_text(out / "report.md", text), table
 
 
 __all__ = ["write_report"]

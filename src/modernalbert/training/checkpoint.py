@@ -30,17 +30,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..utils.io import write_json
+
 LATEST = "latest"
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -86,20 +82,20 @@ def save_checkpoint(output_dir: str | Path, step: int, *, student: Any, student_
     barrier()
     tensors, values = rng_state()
     save_file(tensors, str(tmp / f"rng-rank{rank}.safetensors"))
-    _write_json(tmp / f"rng-rank{rank}.json", values)
+    write_json(tmp / f"rng-rank{rank}.json", values)
     if rank == 0:
         student.save_pretrained(tmp, state_dict=student_state, safe_serialization=True)
         if extra_state:
             save_file({k: v.contiguous() for k, v in extra_state.items()}, str(tmp / "distill.safetensors"))
         if optimizer_state is not None:
             torch.save(optimizer_state, tmp / "optimizer.pt")
-        _write_json(tmp / "trainer_state.json", {**trainer_state, "step": step, "world_size": world_size})
+        write_json(tmp / "trainer_state.json", {**trainer_state, "step": step, "world_size": world_size})
     barrier()
     if rank == 0:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)  # complete checkpoints only ever appear under their final name
-        _write_json(root / LATEST, {"checkpoint": name})
+        write_json(root / LATEST, {"checkpoint": name})
         done = sorted(p for p in root.glob("step-*") if p.is_dir())
         for old in done[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

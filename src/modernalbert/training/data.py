@@ -1,20 +1,22 @@
 """The trainer's view of a corpus: per-process batches of packed blocks with their global positions, resumable.
 
-Finite corpora are packed once (cached) and sampled with :class:`~modernalbert.data.corpus.BlockSampler`
+Finite corpora are packed once (cached) and sampled with :class:`~modernalbert.data.packing.BlockSampler`
 (a seeded global batch, contiguous shard per process); streaming corpora use
-:class:`~modernalbert.data.corpus.StreamingPackedDataset` (blocks dealt round-robin to processes). Either way each
+:class:`~modernalbert.data.packing.StreamingPackedDataset` (blocks dealt round-robin to processes). Either way each
 block comes with its position in the global batch, which keys its MLM mask, so masks do not depend on the number of
-processes.
+processes. :class:`MaskedBatches` masks them deterministically.
 """
 
 from __future__ import annotations
 
+import hashlib
 from itertools import islice
 from typing import Any
 
 import torch
 
-from ..data.corpus import CorpusSpec, PackedBlocks, StreamingPackedDataset
+from ..data.corpus import CorpusSpec
+from ..data.packing import PackedBlocks, StreamingPackedDataset
 
 
 class FiniteBatches:
@@ -70,6 +72,37 @@ class StreamingBatches:
         self._it = None
 
 
+class MaskedBatches:
+    """Deterministic MLM masking: the block at position ``i`` of a step's global batch (all micro-batches of all
+    processes, in order) is masked with a generator seeded from (seed, step, i), so masks depend neither on the
+    number of processes, nor on how the step is split into micro-batches, nor on resumption."""
+
+    def __init__(self, tokenizer: Any, seed: int):
+        from ..data.mlm import mlm_collator
+
+        self.collate = mlm_collator(tokenizer, seed=seed)
+        self.collate([{"input_ids": torch.zeros(4, dtype=torch.long)}])  # creates the collator's generator
+        self.seed = seed
+
+    def __call__(self, blocks: torch.Tensor, step: int, positions: list[int]) -> dict[str, torch.Tensor]:
+        rows = []
+        for position, block in zip(positions, blocks, strict=True):
+            key = f"{self.seed}:{step}:{position}".encode()
+            self.collate.generator.manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
+            rows.append(self.collate([{"input_ids": block}]))
+        return {
+            "input_ids": torch.cat([r["input_ids"] for r in rows]),
+            "labels": torch.cat([r["labels"] for r in rows]),
+            "attention_mask": torch.ones(len(blocks), blocks.shape[1], dtype=torch.long),
+        }
+
+    def fixed(self, blocks: torch.Tensor, batch_size: int) -> list[dict[str, torch.Tensor]]:
+        """Masked batches of ``batch_size`` blocks with the masks of step -1: the same for every evaluation and every
+        run of the same seed (held-out and out-of-domain evaluation)."""
+        return [self(b, -1, list(range(i, i + len(b))))
+                for i, b in zip(range(0, len(blocks), batch_size), blocks.split(batch_size))]
+
+
 def prepare_blocks(recipe: Any, tokenizer: Any, *, rank: int, world_size: int, eval_blocks: int):
     """Train batches (:class:`FiniteBatches` or :class:`StreamingBatches`) and held-out blocks for a recipe.
 
@@ -94,4 +127,4 @@ def prepare_blocks(recipe: Any, tokenizer: Any, *, rank: int, world_size: int, e
     return batches, blocks.held_out[:eval_blocks]
 
 
-__all__ = ["FiniteBatches", "StreamingBatches", "prepare_blocks"]
+__all__ = ["FiniteBatches", "MaskedBatches", "StreamingBatches", "prepare_blocks"]

@@ -1,0 +1,30 @@
+"""``modernalbert experiment ablation RECIPE [--output-dir DIR] [--force] [key=value ...]``: run (or resume) the
+ablation study of a recipe and regenerate its report (see :mod:`modernalbert.experiments.ablation`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``experiment``'s sub-commands on ``parser``."""
+    sub = parser.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
+    p = sub.add_parser("ablation", help="MoL against full / ALBERT / RRT / MoA under equal budgets, merged too",
+                       description="Pretrain every variant of a recipe for every init and seed under the same token "
+                                   "and unique-parameter budgets, fine-tune on RT sentiment, merge the MoL models, "
+                                   "measure speed, and write results.json, results.md and plots. Finished runs are "
+                                   "recorded and skipped on the next call.")
+    p.add_argument("recipe", help="YAML ablation recipe (recipes/ablation-cpu.yaml, recipes/ablation-gpu.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="recipe overrides, e.g. seeds=[0] pretrain.train.steps=20 finetune.max_train_examples=200")
+    p.add_argument("--output-dir", default=None, help="replaces the recipe's output_dir")
+    p.add_argument("--force", action="store_true", help="delete the recorded runs of the output folder, start over")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen experiment; returns the exit code."""
+    from ..experiments.ablation import run_ablation
+
+    results = run_ablation(args.recipe, args.overrides, output_dir=args.output_dir, force=args.force)
+    print(f"results: {len(results['runs'])} runs recorded in {results['recipe']['output_dir']}/results.json")
+    return 0

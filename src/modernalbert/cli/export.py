@@ -1,0 +1,90 @@
+"""``modernalbert export onnx IN OUT``: export a saved model to ONNX (and int8), checked with ONNX Runtime.
+
+OUT becomes a self-describing folder: ``model.onnx`` (fp32, dynamic batch/sequence axes), ``model.int8.onnx`` with
+``--int8``, and the model's ``config.json`` plus its tokenizer files when IN has a tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..export.onnx import DEFAULT_OPSET, POOLINGS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``onnx`` format and its options to the ``export`` subcommand's parser."""
+    sub = parser.add_subparsers(dest="format", metavar="FORMAT", required=True)
+    p = sub.add_parser("onnx", help="ONNX graph with dynamic batch and sequence axes (plus int8 with --int8)",
+                       description="Export IN to OUT/model.onnx and check it against PyTorch with ONNX Runtime.")
+    p.add_argument("input", metavar="IN", help="saved ModernAlbert folder (any head; merged or with MoL groups)")
+    p.add_argument("output", metavar="OUT", help="folder to write model.onnx (and model.int8.onnx) to")
+    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (dynamic int8 quantisation)")
+    p.add_argument("--pooling", choices=POOLINGS, default=None,
+                   help="base model only: add a sentence_embedding output (mean over real tokens, or cls)")
+    p.add_argument("--opset", type=int, default=None,
+                   help=f"ONNX opset, {DEFAULT_OPSET} or higher (default {DEFAULT_OPSET})")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the ONNX Runtime vs PyTorch check on synthetic padded batches")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export, verify and (with ``--int8``) quantise; returns 0, or 1 when the export or its check fails.
+
+    Raises:
+        FileNotFoundError: IN does not exist.
+        ValueError: OUT is a file, IN is not a ModernAlbert model, or an option does not fit the model.
+    """
+    import torch
+
+    from ..export.onnx import (
+        OnnxExportError,
+        OnnxMismatchError,
+        compare_onnx,
+        export_onnx,
+        quantize_int8,
+        synthetic_batches,
+        verify_onnx,
+    )
+    from ..model.loading import load_pretrained, load_tokenizer
+    from ..model.modeling import ModernAlbertModel
+
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"OUT must be a folder, but {out} is a file.")
+    # fp32 and SDPA whatever the checkpoint was saved with: ONNX Runtime's CPU kernels are exact in fp32, and the
+    # FlashAttention kernel cannot be traced.
+    model = load_pretrained(args.input, dtype=torch.float32, attn_implementation="sdpa").eval()
+    tokenizer = load_tokenizer(args.input, optional=True)
+    if args.pooling and not isinstance(model, ModernAlbertModel):
+        # Sentence embeddings come from the encoder: a head checkpoint (e.g. MaskedLM) exports its encoder.
+        print(f"--pooling {args.pooling}: exporting the encoder of {type(model).__name__} with a sentence embedding")
+        model = model.base_model
+    report: dict[str, dict] = {}
+    try:
+        fp32 = export_onnx(model, out / "model.onnx", opset=args.opset, pooling=args.pooling)
+        batches = synthetic_batches(model)
+        report[fp32.name] = {"verified": not args.no_verify}
+        if not args.no_verify:
+            report[fp32.name]["max_abs_diff"] = verify_onnx(model, fp32, batches)
+        if args.int8:
+            int8 = quantize_int8(fp32, out / "model.int8.onnx")
+            report[int8.name] = compare_onnx(fp32, int8, batches) if not args.no_verify else {}
+    except (OnnxExportError, OnnxMismatchError) as err:
+        print(f"modernalbert export: error: {err}", file=sys.stderr)
+        return 1
+    model.config.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    print(json.dumps(report))
+    shapes = [tuple(b["input_ids"].shape) for b in batches]
+    if not args.no_verify:
+        diffs = ", ".join(f"{k} {v:.2e}" for k, v in report[fp32.name]["max_abs_diff"].items())
+        print(f"model.onnx matches PyTorch on batches {shapes}: max |diff| {diffs}")
+    if args.int8 and not args.no_verify:
+        cos = ", ".join(f"{k} {v['min_cosine']:.5f}" for k, v in report["model.int8.onnx"].items())
+        print(f"model.int8.onnx vs model.onnx: min cosine {cos}")
+    print(f"ONNX export written to {out}")
+    return 0

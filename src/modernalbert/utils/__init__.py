@@ -1,0 +1,8 @@
+"""Plumbing shared by the whole package, each concern in one small module that imports nothing heavy:
+
+* :mod:`~modernalbert.utils.io`: atomic writes of files and folders (readable as ``save_pretrained``'s are);
+* :mod:`~modernalbert.utils.hub`: the one rule for "local folder or Hugging Face Hub id?";
+* :mod:`~modernalbert.utils.config`: typed, strict configuration dataclasses built from YAML / command-line mappings;
+* :mod:`~modernalbert.utils.timing`: interleaved timing and paired-ratio statistics for speed measurements;
+* :mod:`~modernalbert.utils.autocast`: regions kept out of autocast (fp32 statistics whatever the caller's state).
+"""

@@ -1,0 +1,62 @@
+"""Atomic writes: complete or absent, never partial; what lands has save_pretrained's permissions."""
+
+import os
+import stat
+
+import pytest
+
+from modernalbert.utils.io import atomic_folder, atomic_path, atomic_write, staging_folder, write_json, write_text
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_files_and_folders_get_the_usual_permissions(tmp_path, umask_022):
+    f = write_text(tmp_path / "a" / "x.txt", "hello")
+    with atomic_path(tmp_path / "y.bin") as tmp:
+        tmp.write_bytes(b"\0")
+    with atomic_folder(tmp_path / "model") as folder:
+        (folder / "config.json").write_text("{}")
+    assert f.read_text() == "hello" and _mode(f) == 0o644 and _mode(tmp_path / "y.bin") == 0o644
+    assert _mode(tmp_path / "model") == 0o755 and (tmp_path / "model" / "config.json").is_file()
+    reference = tmp_path / "reference"
+    reference.write_text("")  # what plain open() gives under the same umask (as save_pretrained's files)
+    assert _mode(reference) == _mode(f)
+
+
+def test_a_failed_write_leaves_the_old_version_and_no_temporary(tmp_path):
+    path = write_json(tmp_path / "r.json", {"a": 1})
+    with pytest.raises(RuntimeError), atomic_write(path) as fh:
+        fh.write("half")
+        raise RuntimeError("interrupted")
+    assert path.read_text() == '{\n  "a": 1\n}\n'
+    folder = tmp_path / "model"
+    with atomic_folder(folder) as staging:
+        (staging / "old").write_text("1")
+    with pytest.raises(RuntimeError), atomic_folder(folder) as staging:
+        (staging / "new").write_text("2")
+        raise RuntimeError("interrupted")
+    assert [p.name for p in folder.iterdir()] == ["old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "r.json"]  # nothing temporary left
+
+
+def test_a_folder_is_replaced_whole_and_staging_is_removed(tmp_path):
+    folder = tmp_path / "model"
+    for name in ("first", "second"):
+        with atomic_folder(folder) as staging:
+            (staging / name).write_text(name)
+    assert [p.name for p in folder.iterdir()] == ["second"]
+    with staging_folder(folder) as tmp:
+        (tmp / "x").write_text("x")
+        assert tmp.parent == tmp_path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    with pytest.raises(ValueError, match="whole files"), atomic_write(tmp_path / "z", "a"):
+        pass
