@@ -52,7 +52,7 @@ def test_model_inputs_keep_only_forward_arguments():
 
 
 @pytest.mark.parametrize(("field", "value"), [("learning_rate", 0.0), ("batch_size", 0), ("warmup_ratio", 1.0),
-                                              ("max_length", 4), ("precision", "fp16")])
+                                              ("max_length", 4), ("precision", "fp8")])
 def test_finetune_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         FinetuneConfig(**{field: value})

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..model.modeling import ModernAlbertModel
@@ -242,10 +241,9 @@ def _make_hook(expected: list[nn.Module], positions: list[_PositionStats], group
         ids = state["ids"]  # (N,)
         if x.shape[0] != ids.numel():
             raise RuntimeError(f"Router saw {x.shape[0]} tokens but the batch has {ids.numel()} real tokens.")
-        # The full distribution, recomputed like the router does (logits in fp32) but accumulated in fp64 so that
-        # sums over many tokens stay exact enough to compare with the model's own per-batch statistics.
-        logits = F.linear(x, module.weight).float()  # (N, E)
-        probs = logits.softmax(-1).double()  # (N, E)
+        # The full distribution, from the router's own fp32 logits, accumulated in fp64 so that sums over many
+        # tokens stay exact enough to compare with the model's own per-batch statistics.
+        probs = module.logits(x).softmax(-1).double()  # (N, E)
         entropy = torch.special.entr(probs).sum(-1)  # (N,) nats
         chosen = onehot.double().sum(1).cpu()  # (N, E) 1 for each of the token's k experts
         probs, entropy = probs.cpu(), entropy.cpu()

@@ -13,6 +13,9 @@ recipe: MLM 1, hidden / attention 3, logits 5, temperature 1):
 * ``logits``: KL(teacher || student) of MLM distributions at masked positions, scaled by T^2 (only when the
   teacher has an MLM head with the same vocabulary);
 * ``router_aux`` / ``router_z``: the student's router losses, weighted by its config coefficients.
+
+Every part is computed in fp32 from fp32 casts of the student's and the teacher's values, whatever the student's
+dtype or autocast state; teacher values are never rounded to the student's (16-bit) dtype first.
 """
 
 from __future__ import annotations
@@ -174,7 +177,7 @@ class Distiller(nn.Module):
         losses = []
         for s, t in self.layer_map.items():
             h_s = out.hidden_states[s][real]  # (N, d_s)
-            h_t = t_out.hidden_states[t][real].to(h_s.dtype)  # (N, d_t)
+            h_t = t_out.hidden_states[t][real]  # (N, d_t), never rounded to the student's dtype
             if str(s) in self.projections:
                 h_s = self.projections[str(s)](h_s)  # (N, d_t)
             losses.append(self._hidden_loss(h_s, h_t))
@@ -196,7 +199,7 @@ class Distiller(nn.Module):
         """KL(teacher || student) of the MLM distributions at masked positions, times T^2, summed over this rank's
         masked tokens and divided by ``denom``."""
         s_logits = out.logits if out.logits.dim() == 2 else out.logits[select]  # (M, V)
-        t_logits = t_out.logits[select].to(s_logits.dtype)  # (M, V)
+        t_logits = t_out.logits[select]  # (M, V), compared in fp32 below
         T = self.config.temperature
         return F.kl_div(F.log_softmax(s_logits.float() / T, -1), F.log_softmax(t_logits.float() / T, -1),
                         log_target=True, reduction="sum") * T * T / denom

@@ -24,6 +24,9 @@ import torch
 from ..model.batching import length_bucketed_batches
 from .config import FinetuneConfig
 
+# The autocast dtype of each 16-bit value of FinetuneConfig.precision.
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
 # ============================================================================================ batches
 
 
@@ -83,10 +86,11 @@ class TrainHistory:
 
 
 def _precision(cfg: FinetuneConfig) -> str:
+    """accelerate's ``mixed_precision`` for ``cfg.precision``: ``"no"``, ``"bf16"`` or ``"fp16"``."""
     if cfg.precision == "fp32":
         return "no"
-    if cfg.precision == "bf16":
-        return "bf16"
+    if cfg.precision in AUTOCAST_DTYPES:
+        return cfg.precision
     # bf16 on a CPU without AVX-512 BF16 is ~100x slower than fp32: only autocast on a capable GPU.
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
@@ -131,18 +135,22 @@ def finetune(
     Raises:
         ValueError: No training features.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
     from ..training.memory import keep_freed_memory
     from ..training.optim import param_groups
+    from ..training.precision import make_accelerator
 
     if len(features) == 0:
         raise ValueError(f"{desc}: the training split is empty; give at least one example.")
+    if _precision(cfg) == "fp16" and not torch.cuda.is_available():
+        # accelerate silently trains in fp32 when asked for fp16 on a CPU (its loss scaling is GPU-only).
+        raise ValueError(f"{desc}: precision='fp16' fine-tunes on a GPU only (fp16 gradients need accelerate's loss "
+                         "scaling, which it runs on GPUs); use precision='bf16' or 'fp32' on CPU.")
     collate_fn = collate_fn or padding_collator(tokenizer)
-    accelerator = Accelerator(mixed_precision=_precision(cfg), cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(_precision(cfg))
     if accelerator.device.type == "cpu":
         keep_freed_memory()
     set_seed(cfg.seed)
@@ -224,9 +232,10 @@ def predict(
     home = next(model.parameters()).device
     was_training = model.training
     model.to(state.device).eval()
-    use_bf16 = _precision(FinetuneConfig(precision=precision)) == "bf16"
+    autocast_dtype = AUTOCAST_DTYPES.get(_precision(FinetuneConfig(precision=precision)))
     pairs: list[tuple[int, Any]] = []
-    with torch.inference_mode(), torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+    with torch.inference_mode(), torch.autocast(state.device.type, dtype=autocast_dtype or torch.bfloat16,
+                                                enabled=autocast_dtype is not None):
         for idx in tqdm(batches, desc=desc, disable=not state.is_local_main_process, dynamic_ncols=True):
             batch = {k: v.to(state.device) for k, v in collate_fn([features[i] for i in idx]).items()}
             outs = forward_fn(model, batch)
@@ -265,6 +274,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 __all__ = [
+    "AUTOCAST_DTYPES",
     "FinetuneConfig",
     "TrainHistory",
     "finetune",

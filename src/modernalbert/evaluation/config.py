@@ -6,11 +6,13 @@ Defaults are common fine-tuning values, our choice rather than the paper's; each
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from ..utils.config import typed_config
 
-Precision = Literal["auto", "fp32", "bf16"]
+# Values of FinetuneConfig.precision / RetrievalConfig.precision ("bf16" / "fp16": autocast in that dtype).
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 @typed_config
@@ -29,7 +31,9 @@ class FinetuneConfig:
         max_grad_norm: Gradient clipping (0 disables).
         max_length: Token limit per example (truncation).
         seed: Seed of initialisation of new heads, shuffling and dropout.
-        precision: ``"auto"`` (bf16 autocast on a GPU that supports it, fp32 otherwise), ``"fp32"`` or ``"bf16"``.
+        precision: ``"auto"`` (bf16 autocast on a GPU that supports it, fp32 otherwise), ``"fp32"``, ``"bf16"``
+            (autocast; also on CPU, where it is correct but slow) or ``"fp16"`` (autocast; prediction anywhere,
+            fine-tuning on a GPU only, where accelerate adds the loss scaling fp16 gradients need).
         log_every: Steps between loss records.
     """
 
@@ -86,7 +90,8 @@ class RetrievalConfig:
         max_queries: Evaluate a seeded sample of this many queries (the whole corpus is still searched).
         seed: Seed of the query sample.
         per_query: Include per-query metrics in the result.
-        precision: ``"auto"`` (bf16 autocast only on a capable GPU), ``"fp32"`` or ``"bf16"``.
+        precision: ``"auto"`` (bf16 autocast only on a capable GPU), ``"fp32"``, ``"bf16"`` or ``"fp16"``
+            (autocast in that dtype).
     """
 
     pooling: Literal["mean", "cls"] | None = None
@@ -143,4 +148,4 @@ class ContrastiveConfig:
             raise ValueError(f"mine_top_k must be >= 1, got {self.mine_top_k}.")
 
 
-__all__ = ["ContrastiveConfig", "FinetuneConfig", "Precision", "RetrievalConfig"]
+__all__ = ["PRECISIONS", "ContrastiveConfig", "FinetuneConfig", "Precision", "RetrievalConfig"]

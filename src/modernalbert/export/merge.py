@@ -16,8 +16,11 @@ Result forms: ``"lowrank"`` (exact adapter: ``B = s [w_1 B_1 ... ]``, ``A = [A_1
 the dense delta to ``rank``; full rank equals ``lowrank``), ``"fold"`` (``W + dW`` written into the FFN weight: a plain
 backbone, zero inference overhead). MoL is placed per group and a group's FFN serves exactly the G positions that
 route through it, so folding never needs an untied copy of a weight that a non-MoL position shares (reported as 0).
-All arithmetic is fp32; non-finite results are refused. The merged model has no router; its config records how it
-was merged (``config.merge_info``) and it saves / loads like any ModernAlbert model.
+All arithmetic is fp32 whatever the model's dtype (as PEFT's merge does), and the merged model keeps the source
+model's dtype: a bf16 model merges into a bf16 model (a folded bf16 checkpoint is then smaller than the unmerged
+one, not an fp32 one twice its size). Non-finite results, in fp32 or after the cast back (fp16 overflows above
+65504), are refused. The merged model has no router; its config records how it was merged
+(``config.merge_info``) and it saves / loads like any ModernAlbert model.
 """
 
 from __future__ import annotations
@@ -142,9 +145,17 @@ def _check_finite(group: int, *tensors: torch.Tensor) -> None:
     for t in tensors:
         if not torch.isfinite(t).all():
             raise ValueError(
-                f"Merging group {group} produced non-finite values (the experts hold inf/NaN or overflow fp32): "
-                "check the checkpoint; nothing was written."
+                f"Merging group {group} produced non-finite values in {t.dtype} (the experts hold inf/NaN, or the "
+                "merged weights overflow that dtype): check the checkpoint, or merge the model in float32 "
+                "(model.float()); nothing was written."
             )
+
+
+def _cast_checked(group: int, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An fp32 merge result cast back to the model's dtype, refused if the cast overflows."""
+    out = t.contiguous().to(dtype)
+    _check_finite(group, out)
+    return out
 
 
 def _check_options(model: ModernAlbertPreTrainedModel, groups: dict[int, MoLGeGLU], weights: str, space: str,
@@ -190,16 +201,18 @@ def _merge_group(state: dict[str, torch.Tensor], prefix: str, module: MoLGeGLU, 
         W1 = module.Wi.weight.detach().float().cpu() + B1 @ A1
         W2 = module.Wo.weight.detach().float().cpu() + B2 @ A2
         _check_finite(g, W1, W2)
-        state[prefix + "Wi.weight"], state[prefix + "Wo.weight"] = W1.to(dtype), W2.to(dtype)
+        state[prefix + "Wi.weight"], state[prefix + "Wo.weight"] = (_cast_checked(g, W1, dtype),
+                                                                    _cast_checked(g, W2, dtype))
     else:
         for name, t in (("lora_A1", A1), ("lora_B1", B1), ("lora_A2", A2), ("lora_B2", B2)):
-            state[prefix + name] = t.contiguous().to(dtype)
+            state[prefix + name] = _cast_checked(g, t, dtype)
 
 
 def _rebuild(model: ModernAlbertPreTrainedModel, config: Any,
              state: dict[str, torch.Tensor]) -> ModernAlbertPreTrainedModel:
-    """A new model of ``model``'s class with ``config``, holding ``state``, on its device and in its mode."""
-    merged = type(model)(config)
+    """A new model of ``model``'s class with ``config``, holding ``state``, on its device, in its dtype and mode."""
+    # Built in the source dtype, so that loading the state keeps it (fp32 buffers, e.g. RoPE's, stay fp32).
+    merged = type(model)(config).to(model.dtype)
     device = next(model.parameters()).device
     missing, unexpected = merged.load_state_dict(state, strict=False)
     tied = set(getattr(merged, "all_tied_weights_keys", {}) or {})
@@ -223,7 +236,7 @@ def merge_experts(
     """Merge every MoL group of ``model`` into one adapter (or fold it); see the module docstring.
 
     Args:
-        model: A ModernAlbert model (any head class) with at least one MoL group. It is not modified.
+        model: A ModernAlbert model (any head class, any dtype) with at least one MoL group. It is not modified.
         weights: ``"uniform"`` or ``"router"`` (moving average kept in training, or ``calibration``).
         space: ``"deltas"`` (exact under constant routing with weight mixing) or ``"factors"``.
         form: ``"lowrank"``, ``"svd"`` (truncated to ``rank``) or ``"fold"``.
@@ -234,8 +247,8 @@ def merge_experts(
         max_length: Calibration truncation length.
 
     Returns:
-        A new model of the same class without routers: MoL groups become ``"lora"`` (lowrank, svd) or ``"glu"``
-        (fold) groups; ``config.merge_info`` records the options, per-group weights and parameter counts.
+        A new model of the same class and dtype without routers: MoL groups become ``"lora"`` (lowrank, svd) or
+        ``"glu"`` (fold) groups; ``config.merge_info`` records the options, per-group weights and parameter counts.
 
     Raises:
         ValueError: No MoL group, an unknown option, an impossible rank, empty calibration data, missing routing

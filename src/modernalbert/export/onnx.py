@@ -200,7 +200,9 @@ def export_onnx(model: ModernAlbertPreTrainedModel, path: str | os.PathLike, *, 
 
     Args:
         model: Any ModernAlbert class; merged or with routed (MoL/MoA) groups. Exported in eval mode, in its own
-            dtype (fp32 is what ONNX Runtime's CPU kernels are fast and exact in); its train/eval mode is restored.
+            dtype: a bf16 / fp16 model gives a bf16 / fp16 graph, with routing and RoPE tables in fp32 inside as in
+            PyTorch (fp32 is what ONNX Runtime's CPU kernels are fast and exact in; its CPU provider runs fp16
+            graphs, looser by fp16 rounding, but has no bf16 GEMM). Its train/eval mode is restored.
         path: Destination ``.onnx`` file (parent folders are created).
         opset: ONNX opset, 18 (the default, the exporter's own) or higher.
         pooling: Base model only: also output ``sentence_embedding`` (B, d), ``"mean"`` over real tokens or

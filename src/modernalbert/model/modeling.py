@@ -54,6 +54,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple
 
+from .autocast import autocast_disabled
 from .configuration import ModernAlbertConfig
 
 logger = logging.get_logger(__name__)
@@ -211,12 +212,38 @@ def unpad_tokens(x: torch.Tensor, layout: Layout) -> torch.Tensor:
     return flat if not layout.padded else flat.index_select(0, layout.indices)
 
 
+# ==================================================================================================== precision
+
+
+class Fp32BuffersMixin:
+    """Keeps the buffers named in ``_fp32_buffers`` in fp32 when the module is cast (``model.to(torch.bfloat16)``,
+    ``model.half()``): they move to the new device but are never rounded. They hold constants or running statistics
+    (RoPE frequencies, routing moving averages) whose 16-bit rounding would change results, where a plain
+    ``nn.Module`` cast rounds every floating buffer. List it before ``nn.Module`` among the bases."""
+
+    _fp32_buffers: ClassVar[tuple[str, ...]] = ()
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
+        kept = {name: self._buffers[name] for name in self._fp32_buffers if self._buffers.get(name) is not None}
+        super()._apply(fn, recurse)  # type: ignore[misc]
+        for name, old in kept.items():
+            new = self._buffers[name]
+            if new.dtype != torch.float32:  # a cast, not (only) a move: keep the fp32 values, on the new device
+                self._buffers[name] = old.to(device=new.device, dtype=torch.float32)
+        return self
+
+
 # ========================================================================================================= RoPE
 
 
-class RotaryEmbedding(nn.Module):
+class RotaryEmbedding(Fp32BuffersMixin, nn.Module):
     """GPT-NeoX (rotate-half) rotary embedding with transformers' RoPE types (``config.rope_parameters``:
-    ``default``, ``linear``, ``dynamic``, ``yarn``, ...), computed by transformers' own RoPE functions."""
+    ``default``, ``linear``, ``dynamic``, ``yarn``, ...), computed by transformers' own RoPE functions.
+
+    ``inv_freq`` and the tables are fp32 whatever the model's dtype (a bf16 ``inv_freq`` would shift every angle
+    by up to 2^-8 relative, i.e. whole radians at long positions)."""
+
+    _fp32_buffers = ("inv_freq", "original_inv_freq")
 
     def __init__(self, config: ModernAlbertConfig, device: torch.device | None = None):
         super().__init__()
@@ -472,7 +499,13 @@ class GeGLU(nn.Module):
 
 class Router(nn.Module):
     """Top-k softmax router. Returns a dense (N, E) gate (renormalised top-k probabilities, zero elsewhere),
-    which lets the experts run as static-shape dense GEMMs (no gather, no host sync; compile/ONNX friendly)."""
+    which lets the experts run as static-shape dense GEMMs (no gather, no host sync; compile/ONNX friendly).
+
+    Routing is fp32 whatever the model's dtype or autocast state (Switch Transformers, Fedus et al. 2021, sec. 2.4
+    "selective precision"; ST-MoE, Zoph et al. 2022): the logits are computed from fp32 casts of the input and of
+    the weight with autocast off, so a 16-bit model routes exactly as an fp32 computation on its own (rounded)
+    inputs and weights. Gate, one-hot and statistics are fp32; the executors cast the gate to their compute dtype.
+    """
 
     def __init__(self, config: ModernAlbertConfig):
         super().__init__()
@@ -481,11 +514,21 @@ class Router(nn.Module):
         self.jitter = config.router_jitter
         self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, d) router input (any dtype) to (N, E) fp32 logits ``x W_r^T``, computed in fp32 with autocast off."""
+        with autocast_disabled(x.device.type):
+            return F.linear(x.float(), self.weight.float())  # (N, E)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, RouterStats]:
+        """Route (N, d) tokens: fp32 ``(gate (N, E), onehot (N, k, E), stats)``."""
+        with autocast_disabled(x.device.type):  # softmax, top-k and statistics in fp32 too
+            return self._route(x.float())
+
+    def _route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, RouterStats]:
         if self.training and self.jitter > 0:
             # Switch-style multiplicative jitter on the router input only, never on the FFN input.
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
-        logits = F.linear(x, self.weight).float()  # (N, E)
+        logits = self.logits(x)  # (N, E) fp32
         probs = logits.softmax(-1)  # (N, E)
         top_p, top_i = probs.topk(self.top_k, dim=-1)  # (N, k)
         top_p = top_p / top_p.sum(-1, keepdim=True)
@@ -500,7 +543,7 @@ class Router(nn.Module):
         mass = gate.sum(0) / n_tokens  # (E,)
         aux = self.num_experts * (usage * mean_p).sum()
         z = torch.logsumexp(logits, -1).square().sum() / n_tokens
-        return gate.to(x.dtype), onehot, RouterStats(aux, z, usage, mean_p, mass, logits)
+        return gate, onehot, RouterStats(aux, z, usage, mean_p, mass, logits)
 
 
 def gate_ranks(codes: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -511,7 +554,7 @@ def gate_ranks(codes: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     return (codes.view(N, E, r) * gate[:, :, None]).view(N, E * r)  # (N, E, r) * (N, E, 1) -> (N, E*r)
 
 
-class MoLGeGLU(GeGLU):
+class MoLGeGLU(Fp32BuffersMixin, GeGLU):
     """GeGLU whose two matrices are modulated per token by E routed LoRA experts (Mixture of LoRAs).
 
     Expert e owns ``A1_e: r x d, B1_e: 2f x r`` (on ``Wi``) and ``A2_e: r x f, B2_e: d x r`` (on ``Wo``), scale
@@ -522,9 +565,13 @@ class MoLGeGLU(GeGLU):
       once, one GeGLU per routed slot, ``W2`` applied once to the mixed activation.
     * ``weight``: ``u = W1 x + s sum_e p_e B1_e A1_e x; a = phi(u); y = W2 a + s sum_e p_e B2_e A2_e a``, through
       the dense executor: all experts' A in one GEMM (N, E*r), gated, then one GEMM with the stacked B.
+
+    Precision: routing is fp32 (:class:`Router`); the expert terms are computed in the dtype of the shared GEMM they
+    join (``Wi x``: the weights' dtype, or the one autocast chooses), the routing moving average stays fp32.
     """
 
     routed = True
+    _fp32_buffers = ("routing_ema",)
 
     def __init__(self, config: ModernAlbertConfig):
         super().__init__(config)
@@ -539,7 +586,7 @@ class MoLGeGLU(GeGLU):
         self.lora_B2 = nn.Parameter(torch.empty(E, d, r))
         # Moving average of routed probability mass per expert (saved with the model): merge weights "router".
         self.ema_decay = config.router_ema_decay
-        self.register_buffer("routing_ema", torch.full((E,), 1.0 / E))
+        self.register_buffer("routing_ema", torch.full((E,), 1.0 / E, dtype=torch.float32))
         self.register_buffer("routing_ema_updates", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
@@ -549,7 +596,7 @@ class MoLGeGLU(GeGLU):
         if self.routing_ema_updates == 0:
             self.routing_ema.copy_(mass)
         else:
-            self.routing_ema.mul_(self.ema_decay).add_(mass.to(self.routing_ema.dtype), alpha=1 - self.ema_decay)
+            self.routing_ema.mul_(self.ema_decay).add_(mass.float(), alpha=1 - self.ema_decay)
         self.routing_ema_updates += 1
 
     def stacked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -562,7 +609,7 @@ class MoLGeGLU(GeGLU):
         return A1, B1, A2, B2
 
     def forward(self, x: torch.Tensor, position: int = 0) -> tuple[torch.Tensor, RouterStats]:
-        gate, onehot, stats = self.router(x)  # (N, E), (N, k, E)
+        gate, onehot, stats = self.router(x)  # (N, E), (N, k, E) fp32
         A1, B1, A2, B2 = self.stacked()
         s = self.scale
 
@@ -570,6 +617,10 @@ class MoLGeGLU(GeGLU):
         # beta = 1): measured faster on CPU than one GEMM over concatenated [W; A] weights plus copies.
         # In place is autograd-safe here: mm/addmm save their matrix operands, never the tensor added to.
         u = self.Wi(x)  # (N, 2f)
+        # The expert terms join u in its dtype (the weights', or autocast's for the GEMM); autocast never casts an
+        # in-place op's operands, so the gate and the B matrices are cast here (no-ops when the dtypes already match).
+        dt = u.dtype
+        gate, B1, B2 = gate.to(dt), B1.to(dt), B2.to(dt)
         a1 = F.linear(x, A1)  # (N, E*r), every expert's A1 x in one GEMM
         if self.mixing == "weight":
             u = u.addmm_(gate_ranks(a1, gate), B1, alpha=s)  # (N, 2f)
@@ -582,7 +633,7 @@ class MoLGeGLU(GeGLU):
         # once to the mixed activation: W2 (sum_j p_j a_j) + s sum_j p_j B2_j A2_j a_j.
         mixed_act = a2_mix = None
         for j in range(self.top_k):
-            slot = onehot[:, j].to(x.dtype)  # (N, E) one-hot of slot j's expert
+            slot = onehot[:, j].to(dt)  # (N, E) one-hot of slot j's expert
             p_j = (gate * slot).sum(-1, keepdim=True)  # (N, 1)
             code = gate_ranks(a1, slot)  # (N, E*r), only e_j's rows
             last = j == self.top_k - 1
@@ -633,11 +684,11 @@ class MoAGeGLU(GeGLU):
         self.adapter_up = nn.Parameter(torch.empty(E, d, r))
 
     def forward(self, x: torch.Tensor, position: int = 0) -> tuple[torch.Tensor, RouterStats]:
-        gate, _, stats = self.router(x)  # (N, E)
+        gate, _, stats = self.router(x)  # (N, E) fp32
         E, r = self.num_experts, self.rank
         y = self.Wo(self.glu(self.Wi(x)))  # (N, d)
         hidden = self.act(F.linear(y, self.adapter_down.reshape(E * r, -1)))  # (N, E*r)
-        hidden = gate_ranks(hidden, gate)  # (N, E*r)
+        hidden = gate_ranks(hidden, gate.to(hidden.dtype))  # (N, E*r), in the adapters' compute dtype
         up = self.adapter_up.transpose(1, 2).reshape(E * r, -1)  # (E*r, d)
         return y + hidden @ up, stats
 
@@ -655,9 +706,12 @@ class LoRAGeGLU(GeGLU):
         self.lora_B2 = nn.Parameter(torch.empty(d, R))
 
     def forward(self, x: torch.Tensor, position: int = 0) -> tuple[torch.Tensor, None]:
-        u = self.Wi(x).addmm_(F.linear(x, self.lora_A1), self.lora_B1.T)  # (N, 2f)
+        # In-place accumulation as in MoLGeGLU; B is cast to the shared GEMM's dtype (autocast skips in-place ops).
+        u = self.Wi(x)  # (N, 2f)
+        u = u.addmm_(F.linear(x, self.lora_A1), self.lora_B1.T.to(u.dtype))  # (N, 2f)
         act = self.glu(u)  # (N, f)
-        return self.Wo(act).addmm_(F.linear(act, self.lora_A2), self.lora_B2.T), None  # (N, d)
+        y = self.Wo(act)  # (N, d)
+        return y.addmm_(F.linear(act, self.lora_A2), self.lora_B2.T.to(y.dtype)), None  # (N, d)
 
 
 FFN_CLASSES: dict[str, type[GeGLU]] = {

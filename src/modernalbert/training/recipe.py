@@ -93,6 +93,9 @@ class OptimSection:
 class TrainSection:
     """Steps, batch (per process), accumulation, precision, evaluation, checkpointing and logging.
 
+    ``precision``: ``auto`` (bf16 autocast on a GPU that supports it, fp32 otherwise), ``fp32``, or ``bf16`` (autocast
+    anywhere; on CPU it is correct but much slower than fp32 without native bf16 matrix instructions).
+
     ``keep_freed_memory`` (CPU, Linux): keep freed tensors in the process heap instead of returning them to the OS,
     so that steady-state steps reuse memory rather than page-faulting it in again (measured 3-9x faster steps on
     virtual machines; see :func:`~modernalbert.training.memory.keep_freed_memory`)."""

@@ -45,6 +45,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set
 from .data import MaskedBatches
 from .memory import keep_freed_memory
 from .optim import param_groups, wsd_schedule
+from .precision import make_accelerator
 from .recipe import Recipe
 
 
@@ -134,14 +135,13 @@ def build_models(recipe: Recipe):
 
 
 def _accelerator(recipe: Recipe) -> Any:
-    from accelerate import Accelerator
-
     tr = recipe.train
-    use_bf16 = tr.precision == "bf16" or (tr.precision == "auto" and torch.cuda.is_available())
-    if use_bf16 and not torch.cuda.is_available():
-        raise ValueError("train.precision=bf16 needs a GPU (bf16 on CPU is far slower than fp32): use fp32 or auto.")
-    # cpu=True without a GPU: accelerate only sets up multi-process CPU (gloo) training when asked for the CPU.
-    accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
+    gpu = torch.cuda.is_available()
+    use_bf16 = tr.precision == "bf16" or (tr.precision == "auto" and gpu and torch.cuda.is_bf16_supported())
+    accelerator = make_accelerator("bf16" if use_bf16 else "no")
+    if use_bf16 and not gpu and accelerator.is_main_process:
+        print("[modernalbert] train.precision=bf16 on CPU: correct, but much slower than fp32 on CPUs without "
+              "native bf16 matrix instructions (train.precision=auto trains in fp32 on CPU)")
     if tr.keep_freed_memory and accelerator.device.type == "cpu":
         keep_freed_memory()
     return accelerator

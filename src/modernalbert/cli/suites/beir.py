@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ...evaluation.config import ContrastiveConfig, FinetuneConfig, RetrievalConfig
+from ...evaluation.config import PRECISIONS, ContrastiveConfig, FinetuneConfig, RetrievalConfig
 from ..arguments import add_config_arguments, config_from_args
 
 TABLE_HEADER = ("model", "data", "split", "queries", "docs", "nDCG@10", "Recall@100", "MAP", "seconds")
@@ -39,8 +39,9 @@ def _add_common(parser: argparse.ArgumentParser, suite: str, *, training: bool) 
         parser.add_argument("--data", default=None, help="an RT review→plot folder (default: built in the cache)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the RT movie split, the query sample and "
                         "training (default 0)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto: bf16 autocast on a capable GPU, fp32 otherwise")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bf16 autocast on a capable GPU, fp32 otherwise; bf16 / fp16: autocast "
+                             "(fp16 fine-tuning needs a GPU)")
     if training:
         parser.add_argument("--output-dir", type=Path, required=True,
                             help="folder for finetune.json and the model (OUTPUT_DIR/model)")

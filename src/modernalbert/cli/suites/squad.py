@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ...evaluation.config import FinetuneConfig
+from ...evaluation.config import PRECISIONS, FinetuneConfig
 from ...evaluation.squad import (
     BATCH_SIZE,
     EPOCHS,
@@ -89,8 +89,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser, suite: str = "squad"
                         help=f"windows per prediction batch, length-bucketed (default {EVAL_BATCH_SIZE})")
     parser.add_argument("--max-length", type=int, default=MAX_LENGTH,
                         help=f"tokens per window (default {MAX_LENGTH}, as Hugging Face's run_qa)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto: bf16 autocast on a GPU that supports it, fp32 otherwise (default auto)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bf16 autocast on a GPU that supports it, fp32 otherwise (default auto); "
+                             "bf16 / fp16: autocast")
     _add_windows(parser)
 
 

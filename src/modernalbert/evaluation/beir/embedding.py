@@ -171,7 +171,7 @@ def encode(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], *, pool
         batch_size: Texts per forward pass.
         max_length: Token limit (truncation).
         desc: Progress-bar label.
-        precision: ``"auto"`` (bf16 autocast only on a capable GPU), ``"fp32"`` or ``"bf16"``.
+        precision: ``"auto"`` (bf16 autocast only on a capable GPU), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
 
     Raises:
         ValueError: Unknown pooling.

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ...model.autocast import autocast_disabled
 from ..config import ContrastiveConfig, FinetuneConfig, RetrievalConfig
 from .data import BeirData, as_data, read_hard_negatives
 from .embedding import last_hidden, resolve_model, save_sentence_transformer, tokenize_for_embedding
@@ -87,7 +88,8 @@ def contrastive_loss(q: torch.Tensor, d: torch.Tensor, mask: torch.Tensor, *, sc
     """
     B = q.shape[0]
     F = torch.nn.functional
-    sim = scale * (F.normalize(q.float(), dim=-1) @ F.normalize(d.float(), dim=-1).T)  # fp32 even under autocast
+    with autocast_disabled(q.device.type):  # autocast would run the similarity GEMM in 16 bits
+        sim = scale * (F.normalize(q.float(), dim=-1) @ F.normalize(d.float(), dim=-1).T)  # (B, B·(1+n)) fp32
     sim = sim.masked_fill(mask, float("-inf"))
     target = torch.arange(B, device=q.device)
     loss = torch.nn.functional.cross_entropy(sim, target)

@@ -90,7 +90,8 @@ def evaluate_squad(
         stride: Tokens shared by consecutive windows.
         n_best: Start / end candidates per window.
         max_answer_length: Longest answer in tokens.
-        precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (see :class:`~modernalbert.evaluation.common.FinetuneConfig`).
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (see
+            :class:`~modernalbert.evaluation.config.FinetuneConfig`).
 
     Returns:
         ``suite``, ``model``, ``data``, the settings, ``examples``, ``features``, ``metrics`` (see
