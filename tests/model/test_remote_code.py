@@ -63,7 +63,7 @@ def test_every_head_loads_as_remote_code_where_the_package_is_absent(tmp_path):
         saved = json.loads((folder / "config.json").read_text())
         assert saved["auto_map"]["AutoConfig"] == "configuration.ModernAlbertConfig"
         assert saved["auto_map"][auto] == f"modeling.{cls.__name__}" and len(saved["auto_map"]) == 7
-        assert (folder / "modeling.py").is_file() and (folder / "configuration.py").is_file()
+        assert all((folder / f).is_file() for f in ("modeling.py", "configuration.py", "autocast.py"))
         inputs = _inputs(cls.__name__)
         with torch.no_grad():
             out = model(**inputs, output_router_logits=True)
