@@ -108,6 +108,143 @@ def test_modernbert_of_another_width_falls_back_to_generic():
     covered(student, report)
 
 
+# ============================================================================ ModernAlbert (a full-parameter reference)
+
+
+def modernalbert_reference(**kw) -> torch.nn.Module:
+    """A G = 1 ModernAlbert MaskedLM (the `test` geometry, 4 layers) with random, non-trivial norms and FFNs: the
+    stand-in of a trained full-parameter reference."""
+    from modernalbert import ModernAlbertForMaskedLM
+
+    torch.manual_seed(0)
+    model = ModernAlbertForMaskedLM(student_config(group_depth=1, mol_groups=[], **kw)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name == "decoder.bias":
+                p.normal_()
+            elif ".mlp." in name:
+                p.normal_(std=0.1)  # FFNs of the size a trained model's have, so exactness checks mean something
+    return model
+
+
+def test_a_g1_modernalbert_teacher_maps_one_to_one_and_is_reproduced():
+    teacher = modernalbert_reference()
+    student, report = init_from_teacher(teacher, student_config(group_depth=1, mol_groups=[]))
+    assert report.family == "modernalbert" and report.fresh == []
+    covered(student, report)
+    assert report.loaded["model.embeddings.proj.weight"] == "embeddings.proj.weight"  # same factorisation: copied
+    ids, mask = padded_batch(VOCAB, lengths=(12, 5, 9, 1))
+    with torch.no_grad():
+        ref = teacher(ids, attention_mask=mask).logits
+        out = student.eval()(ids, attention_mask=mask).logits
+    assert torch.equal(out, ref)
+
+
+def test_recursive_students_average_their_chunk_of_reference_layers():
+    teacher = modernalbert_reference()
+    student, report = init_from_teacher(teacher, student_config(mol_groups=[]), layer_assignment="average")
+    covered(student, report)
+    t = teacher.model.groups
+    for g, (a, b) in enumerate(((0, 1), (2, 3))):
+        for name in ("attn.Wqkv.weight", "attn.Wo.weight", "mlp.Wi.weight", "mlp.Wo.weight"):
+            want = (t[a].get_parameter(name) + t[b].get_parameter(name)) / 2
+            torch.testing.assert_close(student.model.groups[g].get_parameter(name), want)
+    # reference layer 0 has no attention norm (G = 1, as ModernBERT): group 0's, used only at layer 1, is layer 1's
+    assert report.loaded["model.groups.0.attn_norm.weight"] == "groups.1.attn_norm.weight"
+    # a factorised student of another embedding width gets the SVD of the teacher's effective table
+    _, other = init_from_teacher(teacher, student_config(embedding_size=16, mol_groups=[]))
+    assert "@ embeddings.proj.weight^T" in other.loaded["model.embeddings.tok_embeddings.weight"]
+
+
+def test_a_wider_student_ffn_keeps_the_teachers_function():
+    teacher = modernalbert_reference()
+    wide = student_config(mol_groups=[], intermediate_size=F + 24)
+    student, report = init_from_teacher(teacher, wide, layer_assignment="average")
+    assert "wider than the teacher's" in str(report) and "model.groups.0.mlp.Wi.weight" in report.loaded
+    narrow, _ = init_from_teacher(teacher, student_config(mol_groups=[]), layer_assignment="average")
+    x = torch.randn(6, D)
+    for g in range(2):
+        mlp, ref = student.model.groups[g].mlp, narrow.model.groups[g].mlp
+        with torch.no_grad():
+            torch.testing.assert_close(mlp(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)  # the same function at step 0
+        Wi, Wo = mlp.Wi.weight, mlp.Wo.weight  # (2 (F + 24), D), (D, F + 24)
+        assert torch.equal(Wi[:F], ref.Wi.weight[:F]) and torch.equal(Wi[F + 24:2 * F + 24], ref.Wi.weight[F:])
+        assert torch.equal(Wo[:, :F], ref.Wo.weight) and Wo[:, F:].abs().sum() == 0  # extra units: zero output
+        assert Wi[F:F + 24].abs().min() >= 0 and Wi[F:F + 24].std() > 0 and Wi[2 * F + 24:].std() > 0  # and alive
+
+
+def test_rrt_svd_init_at_full_rank_reproduces_every_reference_layers_ffn():
+    teacher = modernalbert_reference()
+    rank = min(D, F)  # the residuals' rank bound: (2F, D) and (D, F)
+    config = student_config(ffn_variants=["rrt", "rrt"], lora_rank=rank, lora_alpha=float(rank) / 2)
+    student, report = init_from_teacher(teacher, config, layer_assignment="average")
+    covered(student, report)
+    assert "model.groups.0.mlp.lora_B1" in report.loaded and "Relaxed Recursive" in str(report)
+    x = torch.randn(9, D)
+    for layer in range(4):
+        g, p = divmod(layer, 2)
+        with torch.no_grad():
+            got, _ = student.model.groups[g].mlp(x, p)
+            want, _ = teacher.model.groups[layer].mlp(x)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        assert want.abs().max() > 1.0  # a non-trivial function, not a near-zero one
+
+
+def test_rrt_svd_init_below_full_rank_is_the_best_low_rank_residual():
+    from modernalbert.distill import rrt_svd_init
+
+    teacher = modernalbert_reference()
+    config = student_config(ffn_variants=["glu", "rrt"], lora_rank=3, lora_alpha=6.0)
+    student, _ = init_from_teacher(teacher, config, layer_assignment="average", rrt_init="zero")
+    mlp = student.model.groups[1].mlp
+    assert mlp.lora_B1.abs().sum() == 0  # rrt_init="zero": B = 0, a no-op at step 0
+    layers = [{k: blk.get_parameter(k) for k in ("mlp.Wi.weight", "mlp.Wo.weight")} for blk in teacher.model.groups]
+    kept = rrt_svd_init(student, layers)
+    assert set(kept) == {"groups.1.0.Wi", "groups.1.0.Wo", "groups.1.1.Wi", "groups.1.1.Wo"}
+    residual = (teacher.model.groups[3].mlp.Wi.weight - mlp.Wi.weight).detach().double()  # group 1, position 1
+    S = torch.linalg.svdvals(residual)
+    approx = (mlp.scale * mlp.lora_B1[1] @ mlp.lora_A1[1]).detach().double()
+    # Eckart-Young: the rank-3 error is the energy of the discarded singular values
+    torch.testing.assert_close((residual - approx).norm(), S[3:].square().sum().sqrt(), rtol=1e-5, atol=1e-6)
+    assert kept["groups.1.1.Wi"] == pytest.approx(float(S[:3].square().sum() / S.square().sum()), rel=1e-6)
+    torch.testing.assert_close(mlp.lora_A1[1] @ mlp.lora_A1[1].T, torch.eye(3), atol=1e-5, rtol=0)  # A = V_r^T
+
+
+def test_rrt_svd_init_refuses_what_it_cannot_map():
+    from modernalbert.distill import rrt_svd_init
+
+    teacher = modernalbert_reference()
+    plain, _ = init_from_teacher(teacher, student_config(mol_groups=[]))
+    layers = [{k: blk.get_parameter(k) for k in ("mlp.Wi.weight", "mlp.Wo.weight")} for blk in teacher.model.groups]
+    with pytest.raises(ValueError, match="no RRT group"):
+        rrt_svd_init(plain, layers)
+    rrt, _ = init_from_teacher(teacher, student_config(ffn_variants=["rrt", "rrt"]))
+    with pytest.raises(ValueError, match="got 3 layer weight mappings for a model of 4 effective layers"):
+        rrt_svd_init(rrt, layers[:3])
+    with pytest.raises(ValueError, match=r"needs mlp.Wo.weight of shape \(64, 96\)"):
+        rrt_svd_init(rrt, [{**w, "mlp.Wo.weight": w["mlp.Wo.weight"][:, :10]} for w in layers])
+    # a teacher of another depth has no layer per position: B stays 0, and the report says why
+    short = modernalbert_reference(num_hidden_layers=2)
+    student, report = init_from_teacher(short, student_config(ffn_variants=["rrt", "rrt"]))
+    assert "RRT LoRAs keep B = 0" in str(report) and student.model.groups[0].mlp.lora_B1.abs().sum() == 0
+    with pytest.raises(ValueError, match="rrt_init='svd2'"):
+        init_from_teacher(teacher, student_config(), rrt_init="svd2")
+
+
+def test_a_modernalbert_teacher_is_read_from_its_saved_folder(tmp_path):
+    teacher = modernalbert_reference()
+    teacher.save_pretrained(tmp_path)
+    student, report = init_from_teacher(tmp_path, student_config(group_depth=1, mol_groups=[]))
+    assert report.family == "modernalbert" and "head.dense.weight" in report.loaded
+    assert torch.equal(student.model.groups[2].mlp.Wi.weight, teacher.model.groups[2].mlp.Wi.weight)
+    from modernalbert import ModernAlbertForMaskedLM
+
+    recursive = ModernAlbertForMaskedLM(student_config()).eval()  # G = 2, MoL at group 1: a teacher with experts
+    student, rep = init_from_teacher(recursive, student_config(mol_groups=[]))
+    assert "lora_A1" in str(rep) and "dropped" in str(rep) and "shares each block over 2 layers" in str(rep)
+    assert torch.equal(student.model.groups[1].mlp.Wi.weight, recursive.model.groups[1].mlp.Wi.weight)
+
+
 # ====================================================================================================== BERT
 
 

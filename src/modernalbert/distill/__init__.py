@@ -1,5 +1,5 @@
 """Distillation: initialising a ModernAlbert student from a pretrained teacher encoder."""
 
-from .init import InitReport, init_from_teacher
+from .init import InitReport, init_from_teacher, rrt_svd_init
 
-__all__ = ["InitReport", "init_from_teacher"]
+__all__ = ["InitReport", "init_from_teacher", "rrt_svd_init"]

@@ -35,6 +35,28 @@ heads or the FFN width differ, the same names map where shapes allow (heads regr
 keeps the student's init) and teacher biases are dropped. Under ``mapping="auto"`` a ModernBERT teacher of another
 width falls back to ``"generic"``.
 
+``mapping="modernalbert"`` (``model_type == "modernalbert"``: a ModernAlbert teacher)
+-------------------------------------------------------------------------------------
+The ModernBERT mapping, one to one, with the teacher's *effective* layers as its layers: effective layer i of the
+teacher is its block ``groups.{i // G_t}`` (``Wqkv``, ``Wo``, ``Wi``, ``Wo``, both norms; a G = 1 teacher, the
+full-parameter reference of a recursion study, has one block per layer). The token embedding is copied with its
+projection when the student has the same factorisation (``embedding_size`` and width), else the rules above apply to
+the teacher's effective table ``tok_embeddings @ proj^T``. The MLM head (dense, norm, decoder bias) maps by name. A
+teacher's own adapters (MoL experts, RRT / MoA adapters, routers) have no place in the student's shared weights and
+are dropped (noted). A G = 1 student with the teacher's geometry reproduces it exactly.
+
+FFN width and RRT (both ModernBERT-style families)
+--------------------------------------------------
+* **A wider student FFN** (``intermediate_size`` f_s > the teacher's f_t, e.g. an ALBERT-style baseline that spends a
+  parameter budget on width) is *widened without changing its function* (our choice, in the spirit of Net2Net,
+  Chen et al., 2016): units ``0 .. f_t - 1`` of ``Wi``'s input and gate halves and of ``Wo`` are the teacher's, the
+  extra units keep the student's ``Wi`` rows and get zero ``Wo`` columns, so the FFN computes the teacher's function
+  at step 0 and the extra units still receive gradients (as LoRA's ``B = 0``). A narrower student FFN keeps its init.
+* **RRT groups** (``ffn_variants`` ``"rrt"``) get the initialisation of Relaxed Recursive Transformers
+  (:func:`rrt_svd_init`; ``rrt_init="svd"``, the default) when every effective layer of the student has its own
+  teacher layer (T = L): each position's LoRA is the truncated SVD of its layer's FFN weights minus the group's
+  shared (mapped) weights. ``rrt_init="zero"`` keeps ``B = 0``.
+
 ``mapping="bert"`` (bert, roberta, xlm-roberta, camembert, electra; MiniLM is a BertModel)
 ------------------------------------------------------------------------------------------
 By the Hugging Face module structure (names relative to the base model; group g takes teacher layer(s) j as
@@ -91,6 +113,7 @@ encoder-decoder models are refused.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -103,17 +126,22 @@ from ..model.conversion import (
     ConversionReport,
     MappingPlan,
     TensorSource,
+    activation_notes,
     apply_plan,
     dropped_bias_note,
     fp32,
+    layer_chunks,
     layer_count,
     modernbert_plan,
     teacher_tensors,
 )
-from ..model.modeling import ModernAlbertForMaskedLM, ModernAlbertPreTrainedModel
+from ..model.modeling import ModernAlbertForMaskedLM, ModernAlbertPreTrainedModel, RRTGeGLU
 from .teacher import check_encoder, load_teacher
 
-MAPPINGS = ("auto", "modernbert", "bert", "generic")
+MAPPINGS = ("auto", "modernbert", "modernalbert", "bert", "generic")
+RRT_INITS = ("svd", "zero")
+# The FFN tensors of a ModernBERT-style block (what widening and the RRT init read).
+_FFN_IN, _FFN_OUT = "mlp.Wi.weight", "mlp.Wo.weight"
 # model_types mapped as BERT under mapping="auto": post-LN encoders with BERT's module names.
 BERT_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra"})
 # Special-token ids that must agree between teacher and student (when the teacher's config sets them).
@@ -193,6 +221,11 @@ def _fits_modernbert(teacher: nn.Module) -> bool:
     return {"embeddings.tok_embeddings.weight", "layers.0.attn.Wqkv.weight", "final_norm.weight"} <= keys
 
 
+def _fits_modernalbert(teacher: nn.Module) -> bool:
+    keys = set(teacher.base_model.state_dict())
+    return {"embeddings.tok_embeddings.weight", "groups.0.attn.Wqkv.weight", "final_norm.weight"} <= keys
+
+
 def _fits_bert(teacher: nn.Module) -> bool:
     keys = set(teacher.base_model.state_dict())
     T = layer_count(keys, r"encoder\.layer\.(\d+)\.attention\.self\.query\.weight")
@@ -207,17 +240,18 @@ def _choose_family(teacher: nn.Module, config: ModernAlbertConfig, mapping: str)
     tcfg = teacher.config
     model_type = getattr(tcfg, "model_type", None)
     if mapping == "auto":
-        if model_type == "modernbert" and _fits_modernbert(teacher):
+        fits = {"modernbert": _fits_modernbert, "modernalbert": _fits_modernalbert}.get(model_type)
+        if fits is not None and fits(teacher):
             if getattr(tcfg, "hidden_size", None) == config.hidden_size:
-                return "modernbert", []
+                return model_type, []
             return "generic", [
-                f"ModernBERT teacher of width {tcfg.hidden_size} and a student of width {config.hidden_size}: no "
-                "block tensor fits, so only the token embedding maps (generic mapping)"
+                f"{type(teacher).__name__} teacher of width {tcfg.hidden_size} and a student of width "
+                f"{config.hidden_size}: no block tensor fits, so only the token embedding maps (generic mapping)"
             ]
         if model_type in BERT_MODEL_TYPES and _fits_bert(teacher):
             return "bert", []
         return "generic", []
-    fits = {"modernbert": _fits_modernbert, "bert": _fits_bert}.get(mapping)
+    fits = {"modernbert": _fits_modernbert, "modernalbert": _fits_modernalbert, "bert": _fits_bert}.get(mapping)
     if fits is not None and not fits(teacher):
         raise ValueError(
             f"mapping={mapping!r} does not fit {type(teacher).__name__} (model_type={model_type!r}): its modules "
@@ -308,6 +342,163 @@ def _bert_plan(teacher: nn.Module, config: ModernAlbertConfig) -> MappingPlan:
     return plan
 
 
+def _modernalbert_plan(teacher: nn.Module, config: ModernAlbertConfig) -> MappingPlan:
+    """A ModernAlbert teacher read as a ModernBERT one: its effective layers, each its group's block."""
+    tcfg = teacher.config
+    sd, full, _ = teacher_tensors(teacher, "embeddings.tok_embeddings.weight")
+
+    def src(key: str) -> TensorSource:
+        return TensorSource(fp32(sd[key]), key)
+
+    G = int(tcfg.group_depth)
+    subs = ("attn_norm.weight", "attn.Wqkv.weight", "attn.Wo.weight", "mlp_norm.weight", _FFN_IN, _FFN_OUT)
+    layers = [{sub: src(f"groups.{i // G}.{sub}") for sub in subs if f"groups.{i // G}.{sub}" in sd}
+              for i in range(int(tcfg.num_hidden_layers))]  # effective layer i runs block i // G
+    plan = MappingPlan(family="modernalbert", table=src("embeddings.tok_embeddings.weight"),
+                       projection=src("embeddings.proj.weight") if "embeddings.proj.weight" in sd else None,
+                       embedding_norm=src("embeddings.norm.weight"), final_norm=src("final_norm.weight"),
+                       layers=layers)
+    if "head.dense.weight" in full:
+        plan.head = {k: TensorSource(fp32(full[k]), k) for k in ("head.dense.weight", "head.norm.weight",
+                                                                  "decoder.bias") if k in full}
+    used = {s.name for s in (plan.table, plan.projection, plan.embedding_norm, plan.final_norm) if s is not None}
+    used |= {s.name for block in layers for s in block.values()}
+    own = [k for k in sd if k.startswith("groups.") and k not in used]
+    if own:
+        kinds = sorted({k.split(".", 2)[2] for k in own})
+        plan.notes.append(f"the teacher's own adapters and routers ({', '.join(kinds)}) have no place in the "
+                          "student's shared weights: dropped")
+    if G > 1:
+        plan.notes.append(f"the teacher shares each block over {G} layers: its effective layers are mapped, "
+                          "so layers that share a block bring the same tensors")
+    plan.notes += activation_notes(tcfg, config)
+    return plan
+
+
+def _widen_ffn(plan: MappingPlan, model: ModernAlbertPreTrainedModel) -> None:
+    """Widen the teacher FFNs of ``plan`` to a wider student FFN without changing their function (see the module
+    docstring): the extra units keep the student's ``Wi`` rows of the group they go to and get zero ``Wo``
+    columns."""
+    cfg, base = model.config, model.base_model
+    f_s, d = cfg.intermediate_size, cfg.hidden_size
+    widened = set()
+    for g, chunk in enumerate(layer_chunks(len(plan.layers), cfg.num_hidden_groups)):
+        own_wi = fp32(base.groups[g].mlp.Wi.weight)  # (2 f_s, d)
+        for j in chunk:
+            block = plan.layers[j]
+            wi, wo = block.get(_FFN_IN), block.get(_FFN_OUT)
+            if j in widened or wi is None or wo is None:
+                continue
+            f_t = wo.tensor.shape[1]
+            if f_t >= f_s or tuple(wi.tensor.shape) != (2 * f_t, d) or wo.tensor.shape[0] != d:
+                continue
+            inp, gate = wi.tensor.chunk(2)  # (f_t, d) each
+            block[_FFN_IN] = TensorSource(torch.cat([inp, own_wi[f_t:f_s], gate, own_wi[f_s + f_t:]]),  # (2 f_s, d)
+                                          f"{wi.name} widened to {f_s} units (extra rows: the student's init)")
+            block[_FFN_OUT] = TensorSource(torch.cat([wo.tensor, wo.tensor.new_zeros(d, f_s - f_t)], 1),  # (d, f_s)
+                                           f"{wo.name} widened to {f_s} units (extra columns: 0)")
+            widened.add(j)
+    if widened:
+        plan.notes.append(f"the student's FFN is wider than the teacher's ({f_s} units): the teacher's units are "
+                          "copied, the extra ones start with zero output weights (same function at step 0)")
+
+
+@torch.no_grad()
+def rrt_svd_init(model: ModernAlbertPreTrainedModel,
+                 layer_weights: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, float]:
+    """Initialise every RRT group's per-position LoRAs as in Relaxed Recursive Transformers.
+
+    Relaxed Recursive Transformers (Bae et al., 2024, "Relaxed Recursive Transformers: Effective Parameter Sharing
+    with Layer-wise LoRA", arXiv 2410.20672, sec. 3) initialise the LoRA of recursion position p from the residual
+    between the original layer's weight and the shared (tied) weight, ``R = W_layer - W_shared``, by a truncated SVD
+    ``U_r S_r V_r^T = TruncatedSVD(R; r)``: ``B = U_r S_r``, ``A = V_r^T``. Here the LoRA computes ``s B A`` with
+    ``s = lora_alpha / lora_rank``, so ``B = U_r S_r / s``; it is applied to both FFN matrices (``Wi``: (2f, d),
+    ``Wo``: (d, f)) of :class:`~modernalbert.model.modeling.RRTGeGLU` (our RRT relaxes the FFN only). At full rank
+    (``r >= min`` of the matrix's dims) position p's FFN equals its layer's exactly; at lower rank it is the best
+    rank-r approximation of it (Eckart-Young). When ``r`` exceeds the residual's rank bound, the extra rank slots keep
+    ``B = 0`` and the model's own ``A``.
+
+    Args:
+        model: A ModernAlbert model whose shared blocks already hold their initial weights (e.g. from
+            :func:`init_from_teacher` with ``layer_assignment="average"``, the RRT paper's average init).
+        layer_weights: One mapping per effective layer of ``model`` (``num_hidden_layers`` of them, in depth order):
+            the full-parameter model's ``"mlp.Wi.weight"`` (2f, d) and ``"mlp.Wo.weight"`` (d, f) of that layer.
+            Effective layer ``g * G + p`` is position p of group g.
+
+    Returns:
+        ``"groups.{g}.{p}.Wi"`` / ``".Wo"`` -> the fraction of the residual's energy ``||R||_F^2`` that the rank-r
+        LoRA keeps (1.0 for a zero residual).
+
+    Raises:
+        ValueError: ``model`` has no RRT group, ``layer_weights`` has another length than the effective depth, or a
+            weight of another shape than the group's.
+    """
+    cfg = model.config
+    G, L = cfg.group_depth, cfg.num_hidden_layers
+    groups = [g for g, blk in enumerate(model.base_model.groups) if isinstance(blk.mlp, RRTGeGLU)]
+    if not groups:
+        raise ValueError("rrt_svd_init: the model has no RRT group (ffn_variants 'rrt').")
+    if len(layer_weights) != L:
+        raise ValueError(f"rrt_svd_init: got {len(layer_weights)} layer weight mappings for a model of "
+                         f"{L} effective layers: pass one per effective layer.")
+    kept: dict[str, float] = {}
+    for g in groups:
+        mlp = model.base_model.groups[g].mlp
+        for p in range(G):
+            weights = layer_weights[g * G + p]
+            for key, shared, A, B in ((_FFN_IN, mlp.Wi.weight, mlp.lora_A1, mlp.lora_B1),
+                                      (_FFN_OUT, mlp.Wo.weight, mlp.lora_A2, mlp.lora_B2)):
+                if key not in weights or tuple(weights[key].shape) != tuple(shared.shape):
+                    got = tuple(weights[key].shape) if key in weights else "nothing"
+                    raise ValueError(f"rrt_svd_init: layer {g * G + p} needs {key} of shape {tuple(shared.shape)} "
+                                     f"(group {g}'s), got {got}.")
+                kept[f"groups.{g}.{p}.{key.split('.')[1]}"] = _svd_lora(weights[key], shared, A[p], B[p], mlp.scale)
+    return kept
+
+
+def _svd_lora(full: torch.Tensor, shared: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: float) -> float:
+    """Write ``A`` (r, in) and ``B`` (out, r) so that ``scale * B @ A`` is the rank-r truncated SVD of
+    ``full - shared`` (out, in); returns the fraction of the residual's energy kept."""
+    residual = full.detach().double().cpu() - shared.detach().double().cpu()  # (out, in), fp64: exact at full rank
+    U, S, Vh = torch.linalg.svd(residual, full_matrices=False)  # (out, k), (k,), (k, in)
+    r = min(A.shape[0], S.shape[0])
+    B.zero_()
+    B[:, :r].copy_((U[:, :r] * S[:r] / scale).to(B.dtype))  # U_r S_r / s
+    A[:r].copy_(Vh[:r].to(A.dtype))  # V_r^T
+    total = float(S.square().sum())
+    return 1.0 if total == 0 else float(S[:r].square().sum()) / total
+
+
+def _apply_rrt_init(model: ModernAlbertPreTrainedModel, plan: MappingPlan, report: InitReport) -> None:
+    """:func:`rrt_svd_init` from the plan's layers, when every effective layer has its own teacher layer."""
+    cfg = model.config
+    rrt = [g for g, blk in enumerate(model.base_model.groups) if isinstance(blk.mlp, RRTGeGLU)]
+    if not rrt or plan.family not in ("modernbert", "modernalbert"):
+        return
+    prefix = "" if model.base_model is model else f"{model.base_model_prefix}."
+    if len(plan.layers) != cfg.num_hidden_layers:
+        report.notes.append(f"RRT LoRAs keep B = 0: the SVD init needs one teacher layer per effective layer "
+                            f"({len(plan.layers)} teacher layers, {cfg.num_hidden_layers} effective layers)")
+        return
+    try:
+        kept = rrt_svd_init(model, [{k: s.tensor for k, s in block.items()} for block in plan.layers])
+    except ValueError as err:
+        report.notes.append(f"RRT LoRAs keep B = 0: {err}")
+        return
+    G = cfg.group_depth
+    for g in rrt:
+        chunk = f"teacher layers {g * G}..{g * G + G - 1}"
+        for name in ("lora_A1", "lora_B1", "lora_A2", "lora_B2"):
+            key = f"{prefix}groups.{g}.mlp.{name}"
+            matrix = "Wi" if name.endswith("1") else "Wo"
+            report.loaded[key] = (f"truncated SVD of {matrix} (each of {chunk}) minus the shared {matrix} "
+                                  "(Relaxed Recursive Transformers' init)")
+            report.fresh.remove(key)
+    energy = ", ".join(f"{k} {v:.1%}" for k, v in kept.items())
+    report.notes.append(f"RRT LoRAs initialised by truncated SVD of each layer's residual to the shared FFN "
+                        f"(energy kept: {energy})")
+
+
 def _generic_plan(teacher: nn.Module, config: ModernAlbertConfig) -> MappingPlan:
     weight, name = _input_embedding(teacher)
     return MappingPlan(family="generic", table=TensorSource(fp32(weight), name), notes=[
@@ -316,7 +507,8 @@ def _generic_plan(teacher: nn.Module, config: ModernAlbertConfig) -> MappingPlan
     ])
 
 
-_PLANS = {"modernbert": modernbert_plan, "bert": _bert_plan, "generic": _generic_plan}
+_PLANS = {"modernbert": modernbert_plan, "modernalbert": _modernalbert_plan, "bert": _bert_plan,
+          "generic": _generic_plan}
 
 
 # ===================================================================================================== entry point
@@ -326,9 +518,10 @@ def init_from_teacher(
     teacher: nn.Module | str | os.PathLike,
     config: ModernAlbertConfig,
     *,
-    mapping: Literal["auto", "modernbert", "bert", "generic"] = "auto",
+    mapping: Literal["auto", "modernbert", "modernalbert", "bert", "generic"] = "auto",
     layer_assignment: Literal["pick", "average"] = "pick",
     head_class: type[ModernAlbertPreTrainedModel] = ModernAlbertForMaskedLM,
+    rrt_init: Literal["svd", "zero"] = "svd",
 ) -> tuple[ModernAlbertPreTrainedModel, InitReport]:
     """Build a ModernAlbert student and initialise it from a pretrained Hugging Face encoder.
 
@@ -340,12 +533,16 @@ def init_from_teacher(
             with ``AutoModelForMaskedLM`` when its architecture has an MLM head, else ``AutoModel``).
         config: The student's config. Its vocabulary (``vocab_size`` and the pad / cls / sep / mask ids the
             teacher's config sets) must be the teacher's.
-        mapping: ``"auto"`` (by ``teacher.config.model_type``), or force ``"modernbert"``, ``"bert"`` (BERT,
-            RoBERTa, XLM-R, ELECTRA, MiniLM: by module structure) or ``"generic"`` (token embedding only).
+        mapping: ``"auto"`` (by ``teacher.config.model_type``), or force ``"modernbert"``, ``"modernalbert"`` (a
+            ModernAlbert teacher, e.g. a G = 1 full-parameter reference), ``"bert"`` (BERT, RoBERTa, XLM-R,
+            ELECTRA, MiniLM: by module structure) or ``"generic"`` (token embedding only).
         layer_assignment: ``"pick"`` (first teacher layer of each group's contiguous chunk) or ``"average"``
             (mean over the chunk).
         head_class: The student class to build (``ModernAlbertForMaskedLM``, ``ModernAlbertModel`` or a
             classifier class); the MLM head is mapped only for ``ModernAlbertForMaskedLM``.
+        rrt_init: ``"svd"``: RRT groups' LoRAs from the truncated SVD of each layer's residual to the shared FFN
+            (:func:`rrt_svd_init`, Relaxed Recursive Transformers' init) when the teacher's FFNs map and it has one
+            layer per effective student layer; ``"zero"``: ``B = 0`` (a no-op at step 0).
 
     Returns:
         ``(model, report)``: the initialised student and an :class:`InitReport`.
@@ -370,6 +567,8 @@ def init_from_teacher(
         raise ValueError(f"mapping={mapping!r} is invalid: use one of {list(MAPPINGS)}.")
     if layer_assignment not in LAYER_ASSIGNMENTS:
         raise ValueError(f"layer_assignment={layer_assignment!r} is invalid: use one of {list(LAYER_ASSIGNMENTS)}.")
+    if rrt_init not in RRT_INITS:
+        raise ValueError(f"rrt_init={rrt_init!r} is invalid: use one of {list(RRT_INITS)}.")
     if not isinstance(config, ModernAlbertConfig):
         raise TypeError(f"config must be a ModernAlbertConfig, got {type(config).__name__}.")
     if not (isinstance(head_class, type) and issubclass(head_class, ModernAlbertPreTrainedModel)):
@@ -383,7 +582,14 @@ def init_from_teacher(
     family, notes = _choose_family(teacher, config, mapping)
 
     model = head_class(config)
-    report = apply_plan(model, _PLANS[family](teacher, config), layer_assignment, InitReport(family=family))
+    plan = _PLANS[family](teacher, config)
+    if family in ("modernbert", "modernalbert"):
+        _widen_ffn(plan, model)
+    report = apply_plan(model, plan, layer_assignment, InitReport(family=family))
+    if rrt_init == "svd":
+        _apply_rrt_init(model, plan, report)
+        order = list(model.state_dict())
+        report.loaded = {k: report.loaded[k] for k in order if k in report.loaded}
     heads = getattr(teacher.config, "num_attention_heads", None)
     if family != "generic" and heads is not None and heads != config.num_attention_heads and any(
             k.endswith("attn.Wqkv.weight") for k in report.loaded):
@@ -395,4 +601,4 @@ def init_from_teacher(
     return model, report
 
 
-__all__ = ["LAYER_ASSIGNMENTS", "MAPPINGS", "InitReport", "init_from_teacher"]
+__all__ = ["LAYER_ASSIGNMENTS", "MAPPINGS", "RRT_INITS", "InitReport", "init_from_teacher", "rrt_svd_init"]

@@ -157,8 +157,11 @@ class Distiller(nn.Module):
         total = cfg.mlm_weight * mlm + per_micro * router
         parts: dict[str, torch.Tensor] = {"mlm": mlm * micro_batches, "router_aux": router_aux, "router_z": router_z}
         if teacher is not None and (need_hidden or need_attn or self.use_logits):
+            # Without the logit loss the teacher's base model suffices: a MaskedLM teacher's decoder over every
+            # token (V outputs each) would be its costliest GEMM, computed for nothing.
+            encoder = teacher if self.use_logits else teacher.base_model
             with torch.no_grad():
-                t_out = teacher(input_ids=input_ids, attention_mask=attention_mask,
+                t_out = encoder(input_ids=input_ids, attention_mask=attention_mask,
                                 output_hidden_states=need_hidden, output_attentions=need_attn)
             if need_hidden:
                 parts["hidden"] = self._hidden_part(out, t_out, real)

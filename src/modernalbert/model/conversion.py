@@ -65,7 +65,8 @@ class MappingPlan:
     """A family's reading of the teacher: where each student tensor would come from."""
 
     family: str
-    table: TensorSource  # token embedding (V, d_t)
+    table: TensorSource  # token embedding (V, d_t), or (V, e_t) when ``projection`` is set
+    projection: TensorSource | None = None  # a factorised teacher's e_t -> d_t projection (d_t, e_t)
     embedding_norm: TensorSource | None = None
     final_norm: TensorSource | None = None
     layers: list[dict[str, TensorSource]] = field(default_factory=list)  # per teacher layer: block sub-key -> source
@@ -208,23 +209,32 @@ def apply_plan(model: ModernAlbertPreTrainedModel, plan: MappingPlan, layer_assi
 
 
 def _put_embedding(put, plan: MappingPlan, cfg, prefix: str, report: ConversionReport) -> None:
-    table, d, e = plan.table.tensor, cfg.hidden_size, cfg.embedding_size  # table: (V, d_t)
+    table, d, e = plan.table.tensor, cfg.hidden_size, cfg.embedding_size  # table: (V, d_t) or (V, e_t)
+    name = plan.table.name
+    if plan.projection is not None:  # a factorised teacher (a ModernAlbert): table (V, e_t), projection (d_t, e_t)
+        proj = plan.projection.tensor
+        if e == table.shape[1] and tuple(proj.shape) == (d, e):  # the same factorisation: both copied as they are
+            put(prefix + "embeddings.tok_embeddings.weight", table, name)
+            put(prefix + "embeddings.proj.weight", proj, plan.projection.name)
+            return
+        table = table @ proj.T  # (V, d_t): the teacher's effective token embedding, then the rules below
+        name = f"{name} @ {plan.projection.name}^T"
     V, d_t = table.shape
     width = d if e is None else e
     if width > min(V, d_t):
         raise ValueError(
             f"The student's token embedding width {width} exceeds the rank bound min(V, d_t) = {min(V, d_t)} of the "
-            f"teacher's {plan.table.name}: set embedding_size <= {min(V, d_t)}."
+            f"teacher's {name}: set embedding_size <= {min(V, d_t)}."
         )
     if e is None and d == d_t:
-        put(prefix + "embeddings.tok_embeddings.weight", table, plan.table.name)
+        put(prefix + "embeddings.tok_embeddings.weight", table, name)
         return
     U, S, Vh = torch.linalg.svd(table, full_matrices=False)  # (V, d_t), (d_t,), (d_t, d_t)
     put(prefix + "embeddings.tok_embeddings.weight", U[:, :width] * S[:width],  # (V, width)
-        f"truncated SVD (rank {width}) of {plan.table.name}: U_k S_k")
+        f"truncated SVD (rank {width}) of {name}: U_k S_k")
     if e is not None and d == d_t:
         put(prefix + "embeddings.proj.weight", Vh[:e].T.contiguous(),  # (d, e): maps e -> d
-            f"truncated SVD (rank {e}) of {plan.table.name}: V_k^T")
+            f"truncated SVD (rank {e}) of {name}: V_k^T")
     elif e is not None:
         report.notes.append(f"teacher width {d_t} != student width {d}: the factorised table comes from the SVD, "
                             "embeddings.proj keeps the student's init")

@@ -48,6 +48,7 @@ metrics), :mod:`~.measures` (MLM losses, adapter effect, routing), :mod:`~.speed
 
 from .budget import BudgetRow, budget_table, format_count, plan_budget, vocab_size
 from .measures import adapter_effect, held_out_batches, mlm_loss, ood_batches, read_metrics, routing_ema
+from .plots import figure
 from .recipe import (
     INITS,
     MATCH_KNOBS,
@@ -61,19 +62,32 @@ from .recipe import (
     VariantSpec,
     merge_name,
     merge_overrides,
+    variant_overrides,
 )
 from .report import (
     READING_END,
     READING_START,
     comparison_rows,
     comparison_table,
+    cost_table,
     extract_reading,
+    merge_table,
     render_report,
     results_table,
+    verdict_cell,
 )
 from .speed import measure_speed
-from .statistics import Comparison, Metric, compare, format_mean_std, run_key, study_metrics
-from .study import FORMAT, RESULTS_FILE, AblationStudy, run_ablation
+from .statistics import (
+    Comparison,
+    Metric,
+    compare,
+    format_mean_std,
+    metric_values,
+    run_groups,
+    run_key,
+    study_metrics,
+)
+from .study import FORMAT, RESULTS_FILE, AblationStudy, elapsed, run_ablation, start_timer
 
 __all__ = [
     "FORMAT",
@@ -99,13 +113,18 @@ __all__ = [
     "compare",
     "comparison_rows",
     "comparison_table",
+    "cost_table",
+    "elapsed",
     "extract_reading",
+    "figure",
     "format_count",
     "format_mean_std",
     "held_out_batches",
     "measure_speed",
     "merge_name",
     "merge_overrides",
+    "merge_table",
+    "metric_values",
     "mlm_loss",
     "ood_batches",
     "plan_budget",
@@ -114,7 +133,11 @@ __all__ = [
     "results_table",
     "routing_ema",
     "run_ablation",
+    "run_groups",
     "run_key",
+    "start_timer",
     "study_metrics",
+    "variant_overrides",
+    "verdict_cell",
     "vocab_size",
 ]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ...evaluation.common import markdown_table
-from .recipe import AblationRecipe, VariantSpec, merge_overrides
+from .recipe import AblationRecipe, VariantSpec
 
 
 @dataclass
@@ -75,16 +75,15 @@ def plan_budget(recipe: AblationRecipe, vocab: int | None = None) -> list[Budget
         ValueError: A variant outside the budget that has no knob, or whose knob cannot reach it.
     """
     vocab = vocab_size(recipe) if vocab is None else vocab
-    preset, base = recipe.model["preset"], recipe.model.get("overrides", {})
+    preset = recipe.model["preset"]
     b = recipe.budget
-    ref_spec = recipe.variant(b.reference)
-    ref_overrides = merge_overrides(base, ref_spec.overrides)
+    ref_overrides = recipe.variant_overrides(recipe.variant(b.reference))
     ref_count, ref_cfg = _counts(preset, ref_overrides, vocab)
     target = _basis(ref_count, b.basis)
     ref_scale = ref_cfg.lora_alpha / ref_cfg.lora_rank
     rows = []
     for v in recipe.variants:
-        overrides = merge_overrides(base, v.overrides)
+        overrides = recipe.variant_overrides(v)
         knob_value = None
         if v.match is not None:
             knob_value, overrides = _solve_knob(v, preset, overrides, vocab, target, b.basis, ref_scale)

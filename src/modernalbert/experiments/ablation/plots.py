@@ -16,7 +16,8 @@ from .recipe import AblationRecipe
 from .statistics import run_groups
 
 
-def _figure(width: float, height: float) -> Any:
+def figure(width: float, height: float) -> Any:
+    """A matplotlib Figure of ``width`` x ``height`` inches on an Agg canvas (no pyplot state, no display)."""
     # The object-oriented API with an Agg canvas: no pyplot state, no display needed.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -38,7 +39,7 @@ def _mean_curve(curves: Sequence[list[list[float]]]) -> tuple[list[float], list[
 def plot_loss_curves(results: dict[str, Any], recipe: AblationRecipe, path: Path) -> None:
     """Training (lines) and held-out (markers) MLM loss per variant, mean over seeds, one panel per init."""
     groups = run_groups(results, recipe)
-    fig = _figure(5.5 * len(recipe.inits), 4.2)
+    fig = figure(5.5 * len(recipe.inits), 4.2)
     axes = fig.subplots(1, len(recipe.inits), squeeze=False)[0]
     colors = [f"C{i}" for i in range(10)]
     for ax, init in zip(axes, recipe.inits):
@@ -82,7 +83,7 @@ def plot_expert_usage(results: dict[str, Any], recipe: AblationRecipe, path: Pat
         return False
     cols = len(recipe.inits)
     rows = math.ceil(len(panels) / cols)
-    fig = _figure(3.6 * cols, 2.4 * rows + 0.4)
+    fig = figure(3.6 * cols, 2.4 * rows + 0.4)
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
@@ -105,4 +106,4 @@ def plot_expert_usage(results: dict[str, Any], recipe: AblationRecipe, path: Pat
     return True
 
 
-__all__ = ["plot_expert_usage", "plot_loss_curves"]
+__all__ = ["figure", "plot_expert_usage", "plot_loss_curves"]

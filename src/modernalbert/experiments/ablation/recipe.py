@@ -38,6 +38,9 @@ class VariantSpec:
         match: Knob solved so that unique parameters meet the budget: ``lora_rank`` or ``intermediate_size``.
         exempt: Outside the unique-parameter budget (the unshared full-parameter reference).
         merge: Merge the experts after training; ``None``: when the model has MoL groups.
+        ffn: The FFN variant of *every* group (``glu``, ``mol``, ``rrt``, ``moa``), resolved to ``ffn_variants`` of
+            the variant's number of groups K = L / G, so that it follows a changed ``group_depth``; instead of
+            ``ffn_variants`` / ``mol_groups`` in ``overrides``.
     """
 
     name: str
@@ -46,6 +49,7 @@ class VariantSpec:
     match: Literal["lora_rank", "intermediate_size"] | None = None
     exempt: bool = False
     merge: bool | None = None
+    ffn: Literal["glu", "mol", "rrt", "moa"] | None = None
 
     def __post_init__(self) -> None:
         self.label = self.label or self.name
@@ -55,6 +59,10 @@ class VariantSpec:
             raise ValueError(f"variants: name {self.name!r} is invalid: use lower-case letters, digits, '-' and '_'.")
         if self.exempt and self.match is not None:
             raise ValueError(f"variants.{self.name}: an exempt variant has no budget to match (drop match or exempt).")
+        placed = sorted({"ffn_variants", "mol_groups"} & set(self.overrides))
+        if self.ffn is not None and placed:
+            raise ValueError(f"variants.{self.name}: ffn={self.ffn!r} places the FFN variant of every group; drop "
+                             f"{placed} from its overrides.")
         ModernAlbertConfig.check_keys(self.overrides, where=f"ablation recipe variants.{self.name}.overrides")
 
 
@@ -210,6 +218,18 @@ class ReportSpec:
     notes: list[str] = field(default_factory=list)
 
 
+def variant_overrides(preset: str, base: dict[str, Any], variant: VariantSpec) -> dict[str, Any]:
+    """A variant's model overrides on top of the base ones (:func:`merge_overrides`), with ``variant.ffn``
+    resolved to one ``ffn_variants`` entry per group of the resulting geometry."""
+    out = merge_overrides(base, variant.overrides)
+    if variant.ffn is not None:
+        out.pop("mol_groups", None)
+        out.pop("ffn_variants", None)
+        cfg = ModernAlbertConfig.from_preset(preset, **{**out, "mol_groups": []})
+        out["ffn_variants"] = [variant.ffn] * cfg.num_hidden_groups
+    return out
+
+
 def merge_overrides(base: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any]:
     """Variant overrides on top of the base ones; ``ffn_variants`` and ``mol_groups`` replace each other (a
     variant that lists one must not inherit the other)."""
@@ -362,6 +382,10 @@ class AblationRecipe:
         raise ValueError(f"{where}={name!r} is not a variant of this recipe: variants are "
                          f"{[v.name for v in self.variants]}.")
 
+    def variant_overrides(self, variant: VariantSpec) -> dict[str, Any]:
+        """The model overrides of ``variant`` before budget matching (:func:`variant_overrides`)."""
+        return variant_overrides(self.model["preset"], self.model.get("overrides", {}), variant)
+
     def to_dict(self) -> dict[str, Any]:
         """The recipe as a plain mapping (what ``results.json`` records)."""
         out: dict[str, Any] = {}
@@ -400,7 +424,7 @@ class AblationRecipe:
             "output_dir": str(folder),
             "seed": seed,
             "model": {"preset": self.model["preset"],
-                      "overrides": resolved or merge_overrides(self.model.get("overrides", {}), variant.overrides)},
+                      "overrides": resolved or self.variant_overrides(variant)},
             "teacher": teacher,
             **copy.deepcopy(self.pretrain),
         }
@@ -408,4 +432,5 @@ class AblationRecipe:
 
 
 __all__ = ["BUDGET_BASES", "INITS", "MATCH_KNOBS", "PRETRAIN_SECTIONS", "AblationRecipe", "BudgetSpec", "FinetuneSpec",
-           "MergeSpec", "OODSpec", "ReportSpec", "SpeedSpec", "VariantSpec", "merge_name", "merge_overrides"]
+           "MergeSpec", "OODSpec", "ReportSpec", "SpeedSpec", "VariantSpec", "merge_name", "merge_overrides",
+           "variant_overrides"]

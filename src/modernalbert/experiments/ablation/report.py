@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,10 @@ def extract_reading(text: str | None) -> str | None:
     return body if body and body != READING_PLACEHOLDER else None
 
 
-def results_table(results: dict[str, Any], recipe: AblationRecipe) -> str:
-    """Main table: per variant and init, every metric as mean ± std over seeds, parameters and speed."""
-    metrics = study_metrics(recipe)
+def results_table(results: dict[str, Any], recipe: AblationRecipe, metrics: Sequence[Metric] | None = None) -> str:
+    """Main table: per variant and init, every metric as mean ± std over seeds, parameters and speed (metrics
+    default: :func:`study_metrics`)."""
+    metrics = study_metrics(recipe) if metrics is None else metrics
     budget = {r["name"]: r for r in results.get("budget", [])}
     speed = results.get("speed", {}).get("models", {})
     effect = Metric("adapter_effect", "adapter effect", False, 1.0, 4)
@@ -50,7 +52,8 @@ def results_table(results: dict[str, Any], recipe: AblationRecipe) -> str:
     return markdown_table(header, rows)
 
 
-def _verdict_cell(c: Comparison, metric: Metric, subject: str) -> str:
+def verdict_cell(c: Comparison, metric: Metric, subject: str) -> str:
+    """A comparison in words: ``tie (Δ .., spread ..)``, ``**subject better** (Δ .., spread ..)`` or ``n/a``."""
     d = f"{metric.scale * c.delta:+.{metric.digits}f}"
     s = f"{metric.scale * c.spread:.{metric.digits}f}"
     if c.verdict == "n/a":
@@ -60,12 +63,12 @@ def _verdict_cell(c: Comparison, metric: Metric, subject: str) -> str:
     return f"**{subject} {c.verdict}** (Δ {d}, spread {s})"
 
 
-def comparison_rows(results: dict[str, Any],
-                    recipe: AblationRecipe) -> list[tuple[str, str, str, dict[str, Comparison]]]:
+def comparison_rows(results: dict[str, Any], recipe: AblationRecipe, metrics: Sequence[Metric] | None = None,
+                    ) -> list[tuple[str, str, str, dict[str, Comparison]]]:
     """Every MoL variant against every other variant, per init: ``(init, mol, other, {metric key: Comparison})``
-    (Δ = MoL - other)."""
+    (Δ = MoL - other), on ``metrics`` (default: :func:`study_metrics`)."""
     groups = run_groups(results, recipe)
-    metrics = study_metrics(recipe)
+    metrics = study_metrics(recipe) if metrics is None else metrics
     mol = [v.name for v in recipe.variants if "mol" in _ffn(results, v.name)]
     out = []
     for init in recipe.inits:
@@ -92,14 +95,14 @@ def _ffn(results: dict[str, Any], name: str) -> list[str]:
     return []
 
 
-def comparison_table(results: dict[str, Any], recipe: AblationRecipe) -> str:
-    """MoL against each alternative with the tie rule, per init and metric."""
-    metrics = study_metrics(recipe)
+def comparison_table(results: dict[str, Any], recipe: AblationRecipe, metrics: Sequence[Metric] | None = None) -> str:
+    """MoL against each alternative with the tie rule, per init and metric (default: :func:`study_metrics`)."""
+    metrics = study_metrics(recipe) if metrics is None else metrics
     rows = []
-    for init, m_name, other, comps in comparison_rows(results, recipe):
+    for init, m_name, other, comps in comparison_rows(results, recipe, metrics):
         subject = recipe.variant(m_name).label
         rows.append([init, f"{subject} vs {recipe.variant(other).label}",
-                     *[_verdict_cell(comps[m.key], m, "MoL") if m.key in comps else "—" for m in metrics]])
+                     *[verdict_cell(comps[m.key], m, "MoL") if m.key in comps else "—" for m in metrics]])
     return markdown_table(["init", "comparison (Δ = MoL − other)", *[m.label for m in metrics]], rows)
 
 
@@ -117,14 +120,15 @@ def init_table(results: dict[str, Any], recipe: AblationRecipe) -> str:
         cells = []
         for m in metrics:
             va, vb = metric_values(a, m), metric_values(b, m)
-            cells.append(_verdict_cell(compare(va, vb, m.higher_is_better), m, "distill") if va and vb else "—")
+            cells.append(verdict_cell(compare(va, vb, m.higher_is_better), m, "distill") if va and vb else "—")
         rows.append([v.label, *cells])
     return markdown_table(["variant (Δ = distill − random)", *[m.label for m in metrics]], rows)
 
 
-def merge_table(results: dict[str, Any], recipe: AblationRecipe) -> str:
-    """Merged MoL models against their unmerged selves (same seeds), per merge option and init."""
-    metrics = study_metrics(recipe)
+def merge_table(results: dict[str, Any], recipe: AblationRecipe, metrics: Sequence[Metric] | None = None) -> str:
+    """Merged MoL models against their unmerged selves (same seeds), per merge option and init (metrics default:
+    :func:`study_metrics`)."""
+    metrics = study_metrics(recipe) if metrics is None else metrics
     rows = []
     for (name, init), recs in run_groups(results, recipe).items():
         options = [merge_name(o) for o in recipe.merge.options] if any(r.get("merged") for r in recs) else []
@@ -140,7 +144,7 @@ def merge_table(results: dict[str, Any], recipe: AblationRecipe) -> str:
                     continue
                 c = compare(after, before, m.higher_is_better)
                 cells.append(f"{format_mean_std(after, m.scale, m.digits)} — "
-                             + _verdict_cell(c, m, "merged").replace("**merged better**", "**better**")
+                             + verdict_cell(c, m, "merged").replace("**merged better**", "**better**")
                              .replace("**merged worse**", "**worse**"))
             rows.append([recipe.variant(name).label, init, opt, len(merged), *cells])
     if not rows:
@@ -294,4 +298,5 @@ def render_report(results: dict[str, Any], recipe: AblationRecipe, images: dict[
     return "\n".join(lines)
 
 __all__ = ["READING_END", "READING_PLACEHOLDER", "READING_START", "comparison_rows", "comparison_table", "cost_table",
-           "extract_reading", "init_table", "merge_table", "render_report", "results_table", "speed_table", "totals"]
+           "extract_reading", "init_table", "merge_table", "render_report", "results_table", "speed_table", "totals",
+           "verdict_cell"]

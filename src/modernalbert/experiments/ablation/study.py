@@ -36,11 +36,13 @@ def _fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _timer() -> tuple[float, float]:
+def start_timer() -> tuple[float, float]:
+    """The wall and CPU (process, all threads) clocks now, for :func:`elapsed`."""
     return time.perf_counter(), time.process_time()
 
 
-def _since(start: tuple[float, float]) -> dict[str, float]:
+def elapsed(start: tuple[float, float]) -> dict[str, float]:
+    """Wall and CPU seconds since ``start`` (:func:`start_timer`): ``{"wall_s", "cpu_s"}``."""
     return {"wall_s": round(time.perf_counter() - start[0], 2), "cpu_s": round(time.process_time() - start[1], 2)}
 
 
@@ -51,6 +53,11 @@ def _device() -> torch.device:
 
 class AblationStudy:
     """Runs (or resumes) a study and writes its report.
+
+    Studies built on this one (e.g. :class:`~modernalbert.experiments.recovery.RecoveryStudy`) extend it through
+    its public steps: :meth:`prepare` (before budgets are planned), :meth:`plan` (which runs, in which order),
+    :meth:`fingerprint_extra` (what else determines a run), :meth:`measure_model` (what is measured on a pretrained
+    or merged model) and :meth:`write_report`.
 
     Args:
         recipe: The study.
@@ -105,7 +112,8 @@ class AblationStudy:
             The results (also in ``OUTPUT_DIR/results.json``).
         """
         self._load()
-        start = time.perf_counter()
+        start = start_timer()
+        self.prepare()
         rows = plan_budget(self.recipe)
         self.rows = {r.name: r for r in rows}
         self.results["budget"] = [asdict(r) for r in rows]
@@ -113,8 +121,7 @@ class AblationStudy:
         self.log(f"[ablation] budget (basis {self.recipe.budget.basis}, ±{100 * self.recipe.budget.tolerance:.0f}% "
                  f"of {self.recipe.budget.reference!r}; every run sees {self.recipe.tokens_per_run:,} tokens):\n"
                  + budget_table(rows, self.recipe))
-        plan = [(v, init, seed) for seed in self.recipe.seeds for init in self.recipe.inits
-                for v in self.recipe.variants]  # seed-major: an interrupted study still has whole seeds
+        plan = self.plan()
         for i, (v, init, seed) in enumerate(plan, start=1):
             key = run_key(v.name, init, seed)
             fp = self._run_fingerprint(v, init, seed)
@@ -136,19 +143,46 @@ class AblationStudy:
                      "CPU")
         if self.recipe.speed.enabled:
             self._speed()
-        self.results["last_invocation_s"] = round(time.perf_counter() - start, 1)
+        spent = elapsed(start)
+        self.results["last_invocation_s"], self.results["last_invocation_cpu_s"] = spent["wall_s"], spent["cpu_s"]
         self._save()
         path = self.write_report()
         self.log(f"[ablation] report: {path}")
         return self.results
+
+    # ------------------------------------------------------------------------------------- extension steps
+    def prepare(self) -> None:
+        """Called once per invocation after the results are loaded and before budgets are planned (nothing here)."""
+
+    def plan(self) -> list[tuple[VariantSpec, str, int]]:
+        """Every ``(variant, init, seed)`` to run, in order: seed-major, so that an interrupted study still has
+        whole seeds."""
+        return [(v, init, seed) for seed in self.recipe.seeds for init in self.recipe.inits
+                for v in self.recipe.variants]
+
+    def fingerprint_extra(self) -> Any:
+        """What else determines every run, besides its recipe (nothing here)."""
+        return None
+
+    def measure_model(self, model: Any, held: list[dict[str, torch.Tensor]], tokenizer: Any, recipe: Any, *,
+                      merged: bool = False) -> dict[str, Any]:
+        """Measures of a pretrained MaskedLM (``merged``: a merged one): held-out and out-of-domain MLM losses,
+        and for unmerged models the routing moving averages and the adapters' effect."""
+        out: dict[str, Any] = {"held_out_mlm": mlm_loss(model, held),
+                               "ood": {name: mlm_loss(model, b) for name, b in self._ood(tokenizer, recipe).items()}}
+        if not merged:
+            out.update(routing_ema=routing_ema(model), adapter_effect=adapter_effect(model, held[:1]))
+        return out
 
     def _run_fingerprint(self, v: VariantSpec, init: str, seed: int) -> str:
         recipe = self.recipe.run_recipe(v, self.rows[v.name].overrides, init, seed, Path("."))
         d = recipe.to_dict()
         d.pop("output_dir")
         merge = {"options": self._merge_options(v), "rt_splits": self.recipe.merge.rt_splits}
+        extra = self.fingerprint_extra()
         return _fingerprint({"pretrain": d, "finetune": asdict(self.recipe.finetune), "merge": merge,
-                             "ood": asdict(self.recipe.ood), "format": FORMAT})
+                             "ood": asdict(self.recipe.ood), "format": FORMAT,
+                             **({"extra": extra} if extra is not None else {})})
 
     def _mergeable(self, v: VariantSpec) -> bool:
         if v.merge is not None:
@@ -167,45 +201,42 @@ class AblationStudy:
         folder = self.out / "runs" / run_key(v.name, init, seed)
         recipe = self.recipe.run_recipe(v, self.rows[v.name].overrides, init, seed, folder / "pretrain")
         cost: dict[str, Any] = {}
-        t_all = t = _timer()
+        t_all = t = start_timer()
         if latest_checkpoint(folder / "pretrain") is None:  # a fresh start: drop the log of an interrupted attempt
             (folder / "pretrain" / "metrics.jsonl").unlink(missing_ok=True)
         result = pretrain(recipe)
-        cost["pretrain"] = _since(t)
+        cost["pretrain"] = elapsed(t)
         final = Path(result.final_dir)
         curves, usage, tokens_seen = read_metrics(folder / "pretrain" / "metrics.jsonl")
         if tokens_seen != self.recipe.tokens_per_run:
             raise ValueError(f"Run {folder.name} saw {tokens_seen:,} tokens, not the budgeted "
                              f"{self.recipe.tokens_per_run:,} (was it resumed with another recipe?): delete its "
                              "folder or pass --force.")
-        t = _timer()
+        t = start_timer()
         tokenizer = load_tokenizer(final)
         held = held_out_batches(recipe, tokenizer)
         mlm_model = load_pretrained(final).eval().to(_device())
-        record = {"held_out_mlm": mlm_loss(mlm_model, held),
-                  "ood": {name: mlm_loss(mlm_model, b) for name, b in self._ood(tokenizer, recipe).items()},
-                  "routing_ema": routing_ema(mlm_model), "adapter_effect": adapter_effect(mlm_model, held[:1])}
-        cost["mlm_eval"] = _since(t)
+        record = self.measure_model(mlm_model, held, tokenizer, recipe)
+        cost["mlm_eval"] = elapsed(t)
         ft, rt, cfg = self._finetune(final, folder, seed, cost)
         merged: dict[str, Any] = {}
-        t = _timer()
+        t = start_timer()
         for option in self._merge_options(v):
             merged[merge_name(option)] = self._merged(option, mlm_model, held, tokenizer, recipe, ft["model_dir"],
                                                       cfg, folder)
         if merged:
-            cost["merges"] = _since(t)
-        cost["total"] = _since(t_all)
+            cost["merges"] = elapsed(t)
+        cost["total"] = elapsed(t_all)
         cost["threads"] = torch.get_num_threads()  # CPU seconds are comparable across machines only per thread count
+        cost["load_avg"] = round(os.getloadavg()[0], 2)  # the machine's 1-minute load: what the wall time shared
         shutil.rmtree(folder / "pretrain" / "checkpoints", ignore_errors=True)  # optimizer state: not needed now
         if not self.recipe.keep_models:
             shutil.rmtree(final, ignore_errors=True)
             shutil.rmtree(ft["model_dir"], ignore_errors=True)
         return {"variant": v.name, "init": init, "seed": seed, "tokens_seen": tokens_seen, "steps": result.steps,
-                "held_out_mlm": record["held_out_mlm"], "held_out_mlm_trainer": result.last_eval.get("eval_mlm"),
-                "ood": record["ood"], "rt": rt, "merged": merged, "curves": curves, "expert_usage": usage,
-                "routing_ema": record["routing_ema"], "adapter_effect": record["adapter_effect"],
-                "finetune_history": ft.get("history"), "model_dir": str(final), "classifier_dir": ft["model_dir"],
-                "cost": cost}
+                **record, "held_out_mlm_trainer": result.last_eval.get("eval_mlm"), "rt": rt, "merged": merged,
+                "curves": curves, "expert_usage": usage, "finetune_history": ft.get("history"),
+                "model_dir": str(final), "classifier_dir": ft["model_dir"], "cost": cost}
 
     def _finetune(self, final: Path, folder: Path, seed: int,
                   cost: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float], Any]:
@@ -214,19 +245,19 @@ class AblationStudy:
 
         ft_spec = self.recipe.finetune
         cfg = ft_spec.make_config(seed)
-        t = _timer()
+        t = start_timer()
         ft = finetune_task(str(final), ft_spec.task, cfg, data=ft_spec.data,
                            output_dir=str(folder / "finetune"), max_train_examples=ft_spec.max_train_examples,
                            max_eval_examples=ft_spec.max_eval_examples)
         rt = {"validation": float(ft["metrics"]["validation"]["accuracy"])}
-        cost["finetune"] = _since(t)
-        t = _timer()
+        cost["finetune"] = elapsed(t)
+        t = start_timer()
         if ft_spec.test_split:
             res = evaluate_task(ft["model_dir"], ft_spec.task, data=ft_spec.data, split=ft_spec.test_split,
                                 batch_size=cfg.eval_batch_size, max_length=cfg.max_length,
                                 max_examples=ft_spec.max_eval_examples)
             rt[ft_spec.test_split] = float(res["metrics"][ft_spec.test_split]["accuracy"])
-        cost["rt_eval"] = _since(t)
+        cost["rt_eval"] = elapsed(t)
         return ft, rt, cfg
 
     def _merged(self, option: dict[str, Any], mlm_model: Any, held: list[dict[str, torch.Tensor]], tokenizer: Any,
@@ -238,8 +269,7 @@ class AblationStudy:
 
         kw = {k: option[k] for k in ("weights", "space", "form", "rank") if option.get(k) is not None}
         merged_lm = merge_experts(mlm_model, **kw).eval()
-        out: dict[str, Any] = {"held_out_mlm": mlm_loss(merged_lm, held),
-                               "ood": {n: mlm_loss(merged_lm, b) for n, b in self._ood(tokenizer, recipe).items()},
+        out: dict[str, Any] = {**self.measure_model(merged_lm, held, tokenizer, recipe, merged=True),
                                "parameters": merged_lm.config.merge_info["parameters_after"]}
         del merged_lm
         ft = self.recipe.finetune
@@ -346,4 +376,4 @@ def run_ablation(recipe: AblationRecipe | str | os.PathLike, overrides: Sequence
     return AblationStudy(recipe, force=force, log=log, recipe_path=path, overrides=extra).run()
 
 
-__all__ = ["FORMAT", "RESULTS_FILE", "AblationStudy", "run_ablation"]
+__all__ = ["FORMAT", "RESULTS_FILE", "AblationStudy", "elapsed", "run_ablation", "start_timer"]
