@@ -43,6 +43,9 @@ def test_deltas_lowrank_is_exact_under_constant_routing(batch):
     # zero router + top-2 of 4: ties select the same two experts for every token, each with weight 1/2
     assert sorted(merged.config.merge_info["groups"]["1"]["expert_weights"]) == [0.0, 0.0, 0.5, 0.5]
     assert merged.config.ffn_variants == ["glu", "lora"] and merged.config.adapter_rank == 16
+    # The test preset mixes layer types (rows past its window): the merged model keeps the pattern.
+    assert merged.config.layer_types == model.config.layer_types and len(set(model.config.layer_types)) == 2
+    assert merged.config.rope_parameters == model.config.rope_parameters
 
 
 def test_uniform_weights_are_exact_when_every_expert_is_routed(batch):

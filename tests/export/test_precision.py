@@ -27,7 +27,7 @@ def test_merge_keeps_the_dtype_and_computes_in_fp32(form, rank, dtype):
     model = _mol_model().to(dtype)
     merged = merge_experts(model, form=form, rank=rank)
     assert {p.dtype for p in merged.parameters()} == {dtype}
-    assert merged.model.rotary_emb.inv_freq.dtype == torch.float32
+    assert merged.model.rotary_emb.full_attention_inv_freq.dtype == torch.float32
     # fp32 inside: the same as merging the fp32 upcast of the 16-bit weights, then rounding once.
     upcast = merge_experts(copy.deepcopy(model).float(), form=form, rank=rank)
     for (name, got), (_, want) in zip(merged.state_dict().items(), upcast.state_dict().items(), strict=True):

@@ -260,16 +260,20 @@ def test_routing_moving_average_stays_fp32():
 
 def test_rope_tables_stay_fp32_whatever_the_model_dtype(tmp_path):
     cfg = ModernAlbertConfig.from_preset("test")
-    exact, _ = M.RotaryEmbedding.compute_default_rope_parameters(cfg)
+    exact = {t: M.RotaryEmbedding.compute_default_rope_parameters(cfg, layer_type=t)[0]
+             for t in ("full_attention", "sliding_attention")}
+    assert not torch.equal(exact["full_attention"], exact["sliding_attention"])  # two bases
     model = ModernAlbertModel(cfg)
     model.save_pretrained(tmp_path)
     for cast in (model.to(torch.bfloat16), model.half(),
                  ModernAlbertModel.from_pretrained(tmp_path, dtype=torch.bfloat16)):
         rope = cast.rotary_emb
-        assert rope.inv_freq.dtype == torch.float32 and torch.equal(rope.inv_freq, exact)
-        assert rope.original_inv_freq.dtype == torch.float32 and torch.equal(rope.original_inv_freq, exact)
-        cos, sin = rope(torch.empty(0, dtype=torch.bfloat16), torch.arange(200))
-        assert cos.dtype == sin.dtype == torch.float32
+        for t, table in exact.items():
+            for name in (f"{t}_inv_freq", f"{t}_original_inv_freq"):
+                buffer = getattr(rope, name)
+                assert buffer.dtype == torch.float32 and torch.equal(buffer, table), name
+            cos, sin = rope(torch.empty(0, dtype=torch.bfloat16), torch.arange(200), t)
+            assert cos.dtype == sin.dtype == torch.float32
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -277,7 +281,7 @@ def test_rope_tables_stay_fp32_whatever_the_model_dtype(tmp_path):
 def test_16bit_rotation_is_computed_in_fp32_and_rounded_once(dtype, grad):
     rope = M.RotaryEmbedding(ModernAlbertConfig.from_preset("test"))
     qkv = torch.randn(50, 3, 4, 16).to(dtype).requires_grad_(grad)  # (N, 3, h, dh)
-    cos, sin = M.rope_tables(*rope(torch.empty(0), torch.arange(50) * 3))  # (N, 1, 1, dh), the signed sin
+    cos, sin = M.rope_tables(*rope(torch.empty(0), torch.arange(50) * 3, "full_attention"))  # (N, 1, 1, dh)
     expected = qkv.detach().float().clone()
     half = 8
     q_k = expected[:, :2]

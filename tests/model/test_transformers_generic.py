@@ -16,8 +16,11 @@ supplies them, each for the one purpose it serves there:
   from its default, for ``ConfigTester.check_config_arguments_init``.
 
 The model is a small *recursive* MoL configuration (2 effective layers sharing one block whose FFN is a Mixture of
-LoRAs). The experts' B matrices start at zero (a MoL layer equals the plain FFN at init, PEFT's convention), which
-would hide the experts from every output the suite compares; here they are initialised to small random values.
+LoRAs) with ModernBERT's attention pattern: the block attends globally at its first recursion position and through a
+sliding window at its second, the window (2 tokens each way) shorter than the tester's sequences, so every test runs
+both layer types; the config's ``sliding_window`` is what transformers' tests set when they test sliding windows.
+The experts' B matrices start at zero (a MoL layer equals the plain FFN at init, PEFT's convention), which would hide
+the experts from every output the suite compares; here they are initialised to small random values.
 """
 
 from __future__ import annotations
@@ -168,7 +171,8 @@ def _experts_start_non_zero():
 
 @dataclass
 class ModernAlbertModelTester:
-    """A recursive MoL model: 2 effective layers sharing one block (group_depth 2) whose FFN is a MoL."""
+    """A recursive MoL model: 2 effective layers sharing one block (group_depth 2) whose FFN is a MoL; layer 0
+    global, layer 1 local (ModernBERT's default pattern) with a window of 2 tokens each way."""
 
     parent: unittest.TestCase
     batch_size: int = 3
@@ -189,7 +193,10 @@ class ModernAlbertModelTester:
             vocab_size=self.vocab_size, hidden_size=self.hidden_size, embedding_size=self.embedding_size,
             num_hidden_layers=self.num_hidden_layers, group_depth=2, mol_groups=[0],
             num_attention_heads=self.num_attention_heads, intermediate_size=self.intermediate_size,
-            num_experts=4, num_experts_per_tok=2, lora_rank=4, lora_alpha=8.0,
+            num_experts=4, num_experts_per_tok=2, lora_rank=4, lora_alpha=8.0, local_attention=4,
+            # Weights large enough that attention is not uniform: with one global layer of two, the RoPE-scaling
+            # tests' outputs would otherwise differ by about their 1e-5 tolerance.
+            initializer_range=0.05,
             max_position_embeddings=self.max_position_embeddings, pad_token_id=0, bos_token_id=1, eos_token_id=2,
             cls_token_id=1, sep_token_id=2, mask_token_id=3, num_labels=self.num_labels,
         )

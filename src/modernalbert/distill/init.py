@@ -35,6 +35,13 @@ heads or the FFN width differ, the same names map where shapes allow (heads regr
 keeps the student's init) and teacher biases are dropped. Under ``mapping="auto"`` a ModernBERT teacher of another
 width falls back to ``"generic"``.
 
+The student takes the teacher's attention pattern in place of its config's (noted in the report): ModernBERT's layer
+types mapped to the student's *effective* layers (one to one at the same depth; at another depth the teacher's
+global-every-n-th pattern over the student's effective layers), its window (``local_attention``) and its RoPE per
+layer type (:func:`modernalbert.model.conversion.teacher_attention_pattern`). The config passed in is not modified:
+the student gets a copy. The other families keep the student config's pattern (a BERT teacher has absolute
+positions and global attention, with nothing to carry to RoPE layers).
+
 ``mapping="bert"`` (bert, roberta, xlm-roberta, camembert, electra; MiniLM is a BertModel)
 ------------------------------------------------------------------------------------------
 By the Hugging Face module structure (names relative to the base model; group g takes teacher layer(s) j as
@@ -90,6 +97,7 @@ encoder-decoder models are refused.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -108,6 +116,7 @@ from ..model.conversion import (
     fp32,
     layer_count,
     modernbert_plan,
+    teacher_attention_pattern,
     teacher_tensors,
 )
 from ..model.modeling import ModernAlbertForMaskedLM, ModernAlbertPreTrainedModel
@@ -381,6 +390,11 @@ def init_from_teacher(
     check_encoder(teacher)
     _check_vocabulary(teacher, config)
     family, notes = _choose_family(teacher, config, mapping)
+    if family == "modernbert":  # the teacher's layer types, window and RoPE bases, on a copy of the config
+        pattern, pattern_notes = teacher_attention_pattern(teacher.config, config.num_hidden_layers)
+        config = copy.deepcopy(config)
+        config.set_attention_pattern(**pattern)
+        notes += pattern_notes
 
     model = head_class(config)
     report = apply_plan(model, _PLANS[family](teacher, config), layer_assignment, InitReport(family=family))
