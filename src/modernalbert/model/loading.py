@@ -17,7 +17,8 @@ legitimate: a task head the checkpoint never had (a MaskedLM or encoder folder o
 ``classifier``; with ``ignore_mismatched_sizes=True`` a head of another size is replaced), and the tensors a saved
 head leaves out because they are tied (the decoder shares the token embedding). A weights file that is damaged or
 truncated is a ``ValueError`` naming it, and a folder without weights a ``FileNotFoundError``. Other families' models
-(``load_model`` on BERT, MiniLM ...) keep transformers' own behaviour.
+(``load_model`` on BERT, MiniLM ...) keep transformers' own rules, a shape mismatch being a ``ValueError`` that names
+the tensors instead of transformers' ``RuntimeError``.
 """
 
 from __future__ import annotations
