@@ -50,12 +50,15 @@ def read_parquet(files: Sequence[str | Path]) -> Any:
     """A ``datasets.Dataset`` of parquet files (in memory, nothing cached), with the features their schema records.
 
     Raises:
-        ValueError: A file that is not parquet (named), or files of different columns.
+        ValueError: A file that is not parquet (named), files of different columns, or no ``datasets`` installed.
     """
-    import datasets
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from datasets.table import InMemoryTable
+    try:
+        import datasets
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as err:
+        raise ValueError(f"Reading parquet files ({files[0]} ...) needs `datasets`: pip install "
+                         "'modernalbert[data]'.") from err
 
     tables = []
     for file in files:
@@ -70,7 +73,7 @@ def read_parquet(files: Sequence[str | Path]) -> Any:
     except pa.ArrowInvalid as err:
         raise ValueError(f"The parquet files {[str(f) for f in files]} have different columns ({err}); give the "
                          "shards of one split.") from err
-    return datasets.Dataset(InMemoryTable(table))
+    return datasets.Dataset(table)
 
 
 __all__ = ["file_split", "has_parquet", "read_parquet", "split_files"]
