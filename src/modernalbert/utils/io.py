@@ -1,10 +1,19 @@
-"""Atomic writes: a file or folder appears under its final name complete, or not at all.
+"""Atomic writes: a file or folder appears under its final name complete, or not at all; and UTF-8 reads that name
+the file, line and byte of any byte that is not UTF-8.
 
 Everything is written under a temporary name in the destination's own folder (same file system, so the final
 ``os.replace`` is atomic) and renamed into place only when complete; on any error the temporary is removed and an
-earlier version stays untouched. Temporaries are created with plain ``open`` / ``mkdir``, so what ends up in place
-has the permissions ``save_pretrained``'s files have (0644 files, 0755 folders under the usual umask 022), not the
-owner-only 0600 / 0700 of ``tempfile.mkstemp`` / ``mkdtemp``.
+earlier version stays untouched. What lands in place has the permissions a plain ``open`` / ``mkdir`` gives (0644
+files, 0755 folders under the usual umask 022: another user or a serving process can read it), never the owner-only
+0600 / 0700 of a temporary file: temporaries are created with plain ``open`` / ``mkdir``, and whatever a writer left
+owner-only is given the usual permissions before the rename (:func:`usual_permissions`). The latter matters because
+``safetensors`` (0.8) writes every file through a private temporary (0600), so ``save_pretrained``'s own
+``model.safetensors`` is 0600 (safetensors/safetensors#782).
+
+Every reader of text data (GLUE TSV, SQuAD JSON, BEIR JSON Lines and qrels, the Rotten Tomatoes CSV, calibration and
+corpus text) decodes through :func:`read_lines`, :func:`read_text` or :func:`decode_utf8`, so a file that is not
+UTF-8 fails with ``<file>, line <n> (byte <offset>): not UTF-8 ...`` and the fix, never with a bare
+``UnicodeDecodeError`` or a silently replaced character. A leading byte-order mark is dropped (MRPC's files have one).
 """
 
 from __future__ import annotations
@@ -17,6 +26,34 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+
+def _umask() -> int:
+    # Read without changing it where the kernel tells (Linux >= 4.7), so no other thread ever sees umask 0.
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def usual_permissions(path: str | os.PathLike) -> None:
+    """Give ``path`` (a file, or a folder and everything below it) the permissions a plain ``open`` / ``mkdir``
+    gives under the process's umask: ``0o666 & ~umask`` for files, ``0o777 & ~umask`` for folders.
+
+    Args:
+        path: What a writer just wrote (before it is renamed into place).
+    """
+    path, mask = Path(path), _umask()
+    targets = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for target in targets:
+        if not target.is_symlink():
+            target.chmod((0o777 if target.is_dir() else 0o666) & ~mask)
 
 
 def _temporary_name(path: Path) -> Path:
@@ -44,6 +81,7 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
         if fsync:
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
+        usual_permissions(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -98,9 +136,56 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     with staging_folder(path) as tmp:
         yield tmp
+        usual_permissions(tmp)
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(tmp, path)
+
+
+def _not_utf8(path: str | os.PathLike, line: int, offset: int, err: UnicodeDecodeError) -> ValueError:
+    byte = err.object[err.start:err.start + 1].hex()
+    return ValueError(f"{path}, line {line} (byte {offset}): not UTF-8 text ({err.reason}: byte 0x{byte}); save the "
+                      "file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 FILE`) or fix that line.")
+
+
+def decode_utf8(data: bytes, path: str | os.PathLike) -> str:
+    """``data`` (the whole content of ``path``) as text, a leading byte-order mark dropped.
+
+    Raises:
+        ValueError: A byte that is not UTF-8, with the file, its line and its byte offset.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, data.count(b"\n", 0, err.start) + 1, err.start, err) from None
+    return text.removeprefix("\ufeff")
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The content of a UTF-8 text file (see :func:`decode_utf8`)."""
+    return decode_utf8(Path(path).read_bytes(), path)
+
+
+def read_lines(path: str | os.PathLike, stream: IO[bytes] | None = None) -> Iterator[str]:
+    """The lines of a UTF-8 text file, one at a time, line ends kept and a leading byte-order mark dropped (for
+    ``csv.reader`` and files too large to hold twice).
+
+    Args:
+        path: The file (named in errors).
+        stream: An open binary stream of it (e.g. ``bz2.open(path, "rb")``); default: the file itself.
+
+    Raises:
+        ValueError: A byte that is not UTF-8, with the file, its line and its byte offset.
+    """
+    with (open(path, "rb") if stream is None else contextlib.nullcontext(stream)) as fh:
+        offset = 0
+        for number, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise _not_utf8(path, number, offset + err.start, err) from None
+            offset += len(raw)
+            yield line.removeprefix("\ufeff") if number == 1 else line
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -115,4 +200,5 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, default=float) + "\n")
 
 
-__all__ = ["atomic_folder", "atomic_path", "atomic_write", "staging_folder", "write_json", "write_text"]
+__all__ = ["atomic_folder", "atomic_path", "atomic_write", "decode_utf8", "read_lines", "read_text", "staging_folder",
+           "usual_permissions", "write_json", "write_text"]
