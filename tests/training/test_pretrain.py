@@ -149,3 +149,16 @@ def test_bad_input_gives_clear_errors(workspace, tmp_path):
     (out / "checkpoints" / "step-0000004" / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match=r"model\.safetensors does not match its SHA-256"):
         pretrain(recipe(workspace, out, "train.steps=6"))
+
+
+def test_the_command_line_reports_a_folder_in_use_and_a_bad_checkpoint_in_one_line(workspace, tmp_path, capsys):
+    from modernalbert_cli import main
+
+    args = ["pretrain", str(workspace / "recipe.yaml"), f"output_dir={tmp_path}"]
+    with FolderLock(tmp_path, name=RUN_LOCK, purpose="pretraining run"):
+        assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"modernalbert pretrain: error: {tmp_path} is in use by another ")
+    assert main([*args, f"train.resume={workspace / 'teacher'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a training checkpoint" in err[0]
