@@ -34,38 +34,41 @@ from tests.training.conftest import fork, in_child, recipe, same_weights, train,
 # File operations a save can die in (C functions, as sys.setprofile reports them).
 FILE_OPERATIONS = frozenset({"open", "write", "close", "replace", "rename", "mkdir", "rmdir", "unlink", "fsync",
                              "serialize_file", "rmtree"})
-KILLS_IN_SAVES, KILLS_AT_STEPS = 6, 2  # the sample's size: bounded, seeded
+KILLS_PER_SAVE, KILLS_AT_STEPS = 2, 2  # the sample: bounded, seeded, in every save and at step ends
 
 
 class FaultPoints:
-    """Numbers the points where a run can die: the end of every step, and every file operation during a save."""
+    """Numbers the points where a run can die: the end of every step ("step"), and every file operation while
+    checkpoint N is written ("save-N") or the final model ("final")."""
 
     def __init__(self, kill_at: int | None = None):
-        self.kinds: list[str] = []
+        self.points: list[str] = []
+        self.phase = ""
         self.kill_at = kill_at
 
-    def hit(self, kind: str) -> None:
-        self.kinds.append(kind)
-        if len(self.kinds) == self.kill_at:
+    def hit(self, phase: str) -> None:
+        self.points.append(phase)
+        if len(self.points) == self.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def _profile(self, frame, event, arg) -> None:
         if event == "c_call" and getattr(arg, "__name__", None) in FILE_OPERATIONS:
-            self.hit(arg.__name__)
+            self.hit(self.phase)
 
     def instrument(self) -> None:
-        """Count file operations inside every checkpoint save and the final model's (this process only: call it in a
-        forked child)."""
+        """Count file operations inside every save (this process only: call it in a forked child)."""
         for name in ("save_checkpoint", "save_final"):
             original = getattr(trainer_module, name)
 
-            def traced(*args, original=original, **kwargs):
-                outer = sys.getprofile()  # save_final calls save_checkpoint
+            def traced(*args, original=original, name=name, **kwargs):
+                outer = sys.getprofile(), self.phase  # save_final calls save_checkpoint
+                self.phase = f"save-{args[1]}" if name == "save_checkpoint" else "final"
                 sys.setprofile(self._profile)
                 try:
                     return original(*args, **kwargs)
                 finally:
-                    sys.setprofile(outer)
+                    sys.setprofile(outer[0])
+                    self.phase = outer[1]
 
             setattr(trainer_module, name, traced)
 
@@ -75,25 +78,26 @@ class FaultPoints:
 
 
 def test_sigkill_at_seeded_points_then_resume_is_exact(workspace, reference, tmp_path, capsys):
-    kinds_file = tmp_path / "points.json"
+    points_file = tmp_path / "points.json"
 
     def count():
         points = FaultPoints()
         points.run(workspace, tmp_path / "count")
-        kinds_file.write_text(json.dumps(points.kinds))
+        points_file.write_text(json.dumps(points.points))
 
     assert in_child(count, tmp_path / "count.err") == 0
-    kinds = json.loads(kinds_file.read_text())
-    in_saves = [i for i, kind in enumerate(kinds, 1) if kind != "step"]
-    at_steps = [i for i, kind in enumerate(kinds, 1) if kind == "step"]
-    assert len(in_saves) > 50 and len(at_steps) == 10  # three saves' worth of file operations
+    phases: dict[str, list[int]] = {}
+    for number, phase in enumerate(json.loads(points_file.read_text()), 1):
+        phases.setdefault(phase, []).append(number)
+    assert sorted(phases) == ["final", "save-10", "save-4", "save-8", "step"] and len(phases["step"]) == 10
     rng = random.Random(16)
-    for point in sorted(rng.sample(in_saves, KILLS_IN_SAVES) + rng.sample(at_steps, KILLS_AT_STEPS)):
+    sample = [(point, phase) for phase, numbers in sorted(phases.items())
+              for point in rng.sample(numbers, KILLS_AT_STEPS if phase == "step" else KILLS_PER_SAVE)]
+    for point, phase in sorted(sample):  # 10 points: 2 in each of the 4 saves, 2 at ends of steps
         out = tmp_path / f"killed-at-{point}"
         pid = fork(lambda point=point, out=out: FaultPoints(kill_at=point).run(workspace, out))
-        assert wait(pid) == -signal.SIGKILL, f"point {point} ({kinds[point - 1]}) was not reached"
-        if latest_checkpoint(out) is None:  # killed before its first checkpoint: the rerun starts afresh
-            assert not list((out / "checkpoints").glob("step-*")) if (out / "checkpoints").exists() else True
+        assert wait(pid) == -signal.SIGKILL, f"point {point} ({phase}) was not reached"
+        latest_checkpoint(out)  # the newest checkpoint, if any, verifies: nothing half-written under a final name
         resumed = train(workspace, out)
         said = capsys.readouterr().out
         assert f"took over the lock left by pid {pid}" in said, point
