@@ -1,14 +1,12 @@
 """Every writer gives 0644 files and 0755 folders under the usual umask (022), as save_pretrained's JSON files and
 folders are, so another user or a serving process can read what we write; safetensors files included, which
-safetensors 0.8 itself writes 0600 (ONNX graphs: tests/export/test_onnx.py)."""
+safetensors 0.8 itself writes 0600 (ONNX graphs: tests/export/test_onnx.py; training checkpoints:
+tests/training/test_checkpoint.py)."""
 
 import bz2
-import json
 import os
 import stat
 from pathlib import Path
-
-import pytest
 
 from modernalbert import ModernAlbertForMaskedLM
 from modernalbert_cli import main
@@ -62,17 +60,3 @@ def test_caches_and_derived_data(tmp_path, umask_022):
     csv.write_bytes(bz2.compress(("\n".join(rows) + "\n").encode()))
     write_review_plot_beir(tmp_path / "beir" / "rt", path=csv)
     assert_readable_by_all(tmp_path / "beir")
-
-
-@pytest.mark.xfail(strict=True, reason="training/checkpoint.py writes into its own temporary folder, where safetensors "
-                   "(0.8) leaves model.safetensors and rng-rank0.safetensors 0600; the fix is one call of "
-                   "utils.io.usual_permissions(tmp) before its os.replace (training/ is outside this change)")
-def test_training_checkpoints(tmp_path, umask_022):
-    from modernalbert.training.checkpoint import save_checkpoint
-
-    model = ModernAlbertForMaskedLM(small_config())
-    final = save_checkpoint(tmp_path / "run", 3, student=model, student_state=model.state_dict(), extra_state={},
-                            optimizer_state=None, trainer_state={"epoch": 0}, rank=0, world_size=1,
-                            barrier=lambda: None, keep=2)
-    assert json.loads((final / "trainer_state.json").read_text())["step"] == 3
-    assert_readable_by_all(tmp_path / "run")

@@ -1,5 +1,6 @@
 """Atomic writes: complete or absent, never partial; what lands has save_pretrained's permissions."""
 
+import errno
 import os
 import stat
 
@@ -9,8 +10,10 @@ from modernalbert.utils.io import (
     atomic_folder,
     atomic_path,
     atomic_write,
+    is_disk_full,
     read_lines,
     read_text,
+    reporting_disk_full,
     staging_folder,
     write_json,
     write_text,
@@ -92,3 +95,14 @@ def test_text_that_is_not_utf8_names_file_line_and_byte(tmp_path):
         read_text(path)
     path.write_bytes("\ufeffjust text\n".encode())
     assert read_text(path) == "just text\n"
+def test_a_full_disk_is_reported_as_one_naming_the_folder(tmp_path):
+    with pytest.raises(OSError) as err, reporting_disk_full(tmp_path, "the thing", "Try again."):
+        raise RuntimeError("a writer's own wording") from OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert err.value.errno == errno.ENOSPC
+    assert str(err.value).startswith(f"[Errno {errno.ENOSPC}] Disk full: the thing could not be written to {tmp_path}")
+    assert "bytes free). Free space there or write elsewhere. Try again." in str(err.value)
+    assert is_disk_full(ValueError("Error while serializing: I/O error: Disk quota exceeded (os error 122)"))
+    for other in (PermissionError(errno.EACCES, "denied"), OSError(errno.EIO, "I/O error"), ValueError("pos 28")):
+        assert not is_disk_full(other)
+        with pytest.raises(type(other)), reporting_disk_full(tmp_path, "x"):
+            raise other

@@ -594,6 +594,8 @@ class MoLGeGLU(Fp32BuffersMixin, GeGLU):
     def update_routing_ema(self, mass: torch.Tensor) -> None:
         """Fold one call's routed probability mass (E,) into the moving average (called by the encoder once per
         routed call in training, outside activation checkpointing so that recomputation never counts twice)."""
+        if not bool(torch.isfinite(mass).all()):  # a diverging step must not poison the saved average
+            return
         if self.routing_ema_updates == 0:
             self.routing_ema.copy_(mass)
         else:

@@ -14,11 +14,17 @@ Every reader of text data (GLUE TSV, SQuAD JSON, BEIR JSON Lines and qrels, the 
 corpus text) decodes through :func:`read_lines`, :func:`read_text` or :func:`decode_utf8`, so a file that is not
 UTF-8 fails with ``<file>, line <n> (byte <offset>): not UTF-8 ...`` and the fix, never with a bare
 ``UnicodeDecodeError`` or a silently replaced character. A leading byte-order mark is dropped (MRPC's files have one).
+
+Around the writes: :func:`reporting_disk_full` turns a full disk into one message that names the folder (whatever
+the writer's own wording, e.g. torch's or safetensors'), and :func:`hash_file` / :func:`fsync_folder` checksum and
+flush what must survive a crash once declared complete.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
 import shutil
@@ -26,6 +32,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+# A full disk or an exhausted quota, as the OS reports it (Python's OSError.errno) and as native writers word it
+# (safetensors' Rust writer: "No space left on device (os error 28)").
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_DISK_FULL_TEXTS = tuple(text for n in sorted(_DISK_FULL_ERRNOS) for text in (f"(os error {n})", os.strerror(n)))
 
 
 def _umask() -> int:
@@ -186,6 +197,92 @@ def read_lines(path: str | os.PathLike, stream: IO[bytes] | None = None) -> Iter
                 raise _not_utf8(path, number, offset + err.start, err) from None
             offset += len(raw)
             yield line.removeprefix("\ufeff") if number == 1 else line
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) is a full disk or an exhausted quota.
+
+    Python reports these as ``OSError`` with ``errno.ENOSPC`` / ``errno.EDQUOT``; native writers (safetensors)
+    raise their own error types with the OS's text, and PyTorch DCP gathers every process's error into one.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [error]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _DISK_FULL_ERRNOS:
+            return True
+        if any(text in str(err) for text in _DISK_FULL_TEXTS):
+            return True
+        todo += [err.__cause__, err.__context__]
+        todo += [failure[0] for failure in getattr(err, "failures", {}).values()]  # DCP: {rank: (error, trace)}
+    return False
+
+
+def free_bytes(folder: str | os.PathLike) -> int | None:
+    """Free space (bytes) on the file system of ``folder`` (or of its nearest existing parent); None if unknown."""
+    path = Path(folder)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def reporting_disk_full(folder: str | os.PathLike, what: str, advice: str = "") -> Iterator[None]:
+    """Turn a full disk while writing ``what`` into ``folder`` into one ``OSError(ENOSPC)`` that says so.
+
+    Args:
+        folder: Where the data was being written (named in the message, with its free space).
+        what: What was being written ("checkpoint step-0000100").
+        advice: What else the reader should know (appended to the message).
+
+    Raises:
+        OSError: ``errno.ENOSPC``, from the original error, when the block failed for a full disk or quota; any other
+            error passes unchanged.
+    """
+    try:
+        yield
+    except BaseException as err:  # DCP's CheckpointException derives from BaseException
+        if not is_disk_full(err):
+            raise
+        free = free_bytes(folder)
+        room = f"{free:,} bytes free" if free is not None else "free space unknown"
+        raise OSError(errno.ENOSPC, f"Disk full: {what} could not be written to {folder} ({room}). Free space "
+                      f"there or write elsewhere. {advice}".rstrip()) from err
+
+
+def hash_file(path: str | os.PathLike, digest: Any = None, *, fsync: bool = False) -> Any:
+    """Feed a file's bytes into ``digest`` (a new SHA-256 when None) in 1 MiB chunks and return it.
+
+    Args:
+        path: The file.
+        digest: A ``hashlib`` object to update.
+        fsync: Also flush the file to disk (a checkpoint must survive a power loss once declared complete).
+    """
+    digest = hashlib.sha256() if digest is None else digest
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+        if fsync:
+            os.fsync(fh.fileno())
+    return digest
+
+
+def fsync_folder(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (new and renamed names) to disk (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -202,3 +299,5 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 __all__ = ["atomic_folder", "atomic_path", "atomic_write", "decode_utf8", "read_lines", "read_text", "staging_folder",
            "usual_permissions", "write_json", "write_text"]
+__all__ = ["atomic_folder", "atomic_path", "atomic_write", "free_bytes", "fsync_folder", "hash_file", "is_disk_full",
+           "reporting_disk_full", "staging_folder", "write_json", "write_text"]
