@@ -282,7 +282,7 @@ def test_empty_and_missing_data(tmp_path):
     _write(tmp_path / "g" / "SST-2" / "dev.tsv", "sentence\tlabel\n")
     with pytest.raises(ValueError, match="validation split of SST-2 is empty"):
         glue.load_split("sst2", "dev", tmp_path / "g")
-    with pytest.raises(FileNotFoundError, match="no QNLI/ folder"):
+    with pytest.raises(FileNotFoundError, match=r"no QNLI/ \(or qnli/\) folder"):
         glue.load_split("qnli", "dev", tmp_path / "g")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         glue.load_split("sst2", "dev", tmp_path / "nowhere")

@@ -86,6 +86,8 @@ class RetrievalConfig:
         chunk_size: Documents embedded and scored at once (bounded memory).
         use_faiss: Search with a faiss ``IndexFlatIP`` (same hits; pip install 'modernalbert[faiss]').
         ignore_identical_ids: Drop hits whose document id equals the query id (BEIR's default).
+        metric_semantics: How a judged query without hits counts: ``"beir"`` (left out of the means, as BEIR
+            reports) or ``"trec_eval"`` (counts as 0, ``trec_eval -c``).
         k_values: Metric cut-offs.
         max_queries: Evaluate a seeded sample of this many queries (the whole corpus is still searched).
         seed: Seed of the query sample.
@@ -103,6 +105,7 @@ class RetrievalConfig:
     chunk_size: int = 50000
     use_faiss: bool = field(default=False, metadata={"flag": "faiss"})
     ignore_identical_ids: bool = True
+    metric_semantics: Literal["beir", "trec_eval"] = "beir"
     k_values: tuple[int, ...] = (10, 100)
     max_queries: int | None = None
     seed: int = 0

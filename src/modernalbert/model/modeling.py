@@ -222,10 +222,11 @@ def make_layout(attention_mask: torch.Tensor | None, batch_size: int, seq_len: i
         mask = attention_mask.bool()
         lengths = mask.sum(-1, dtype=torch.int32)  # (B,)
         indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()  # (N,)
-        if _is_exporting():
-            # N is data-dependent in a traced graph. Promising N >= 1 lets reductions over the N rows trace without
-            # a guard on N == 0; the promise is not checked at run time, and a batch without any real token still
-            # runs (to zeros) in the exported graph.
+        if torch.compiler.is_compiling():
+            # N is data-dependent under torch.export / torch.compile. Promising N >= 1 lets reductions over the N
+            # rows trace without a guard on N == 0; the promise is not checked at run time, and a batch without any
+            # real token still runs (to zeros) in the exported graph. (torch.jit.trace and the legacy ONNX exporter
+            # record shapes as tensors, which torch._check cannot take, and need no promise.)
             torch._check(indices.shape[0] >= 1)
         # A row with no real token would make softmax see only -inf (NaN); let it attend everywhere instead.
         # Its outputs are never gathered, so this only keeps the kernel finite.
@@ -684,6 +685,8 @@ class MoLGeGLU(Fp32BuffersMixin, GeGLU):
     def update_routing_ema(self, mass: torch.Tensor) -> None:
         """Fold one call's routed probability mass (E,) into the moving average (called by the encoder once per
         routed call in training, outside activation checkpointing so that recomputation never counts twice)."""
+        if not bool(torch.isfinite(mass).all()):  # a diverging step must not poison the saved average
+            return
         if self.routing_ema_updates == 0:
             self.routing_ema.copy_(mass)
         else:
