@@ -61,7 +61,8 @@ the mark cannot be reset, the ``ru_maxrss`` delta (a lower bound). Measured in a
     python benchmarks/encoder.py --layers 22           # ModernBERT-base depth (slow on CPU)
     python benchmarks/encoder.py --device cuda --dtype bfloat16 --fixed-batch 32 --var-batch 64
     python benchmarks/encoder.py --json out.json --markdown out.md
-    python benchmarks/encoder.py --sections long --rounds 3 --train-rounds 2   # long context only (~15 minutes)
+    python benchmarks/encoder.py --sections long --rounds 3 --no-train          # long context, inference
+    python benchmarks/encoder.py --sections long --train-rounds 2 --no-inference  # long context, training step
 """
 
 from __future__ import annotations
@@ -544,6 +545,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--long-window", type=int, default=128, help="long section: local_attention (tokens)")
     ap.add_argument("--long-every", type=int, default=3, help="long section: global_attn_every_n_layers")
     ap.add_argument("--no-train", action="store_true", help="inference only")
+    ap.add_argument("--no-inference", action="store_true",
+                    help="training steps only (a long section's training half as a run of its own)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory calls")
     ap.add_argument("--compile", action="store_true", help="add torch.compile(ModernAlbert G=1) to inference")
     ap.add_argument("--quick", action="store_true",
@@ -621,7 +624,9 @@ def main() -> None:
             e.model.to(device, dtype if mode == "inference" else torch.float32)
             e.parameters = sum(p.numel() for p in e.model.parameters())
 
-    modes = ["inference"] + ([] if args.no_train else ["training"])
+    modes = ([] if args.no_inference else ["inference"]) + ([] if args.no_train else ["training"])
+    if not modes:
+        raise SystemExit("--no-train and --no-inference together leave nothing to measure.")
     if "geometry" in sections:
         for w in workloads:
             report["workloads"][f"geometry {w.name}"] = w.describe()
