@@ -552,6 +552,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: defaults of 2 layers, small batches, 2 rounds, tiny section inference only")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    ap.add_argument("--peak-size", type=int, default=None,
+                    help="n of the n x n x n matmul probing the peak (default 2048 on CPU, 4096 on CUDA; smaller "
+                         "only for smoke runs: small matmuls do not reach the peak)")
     ap.add_argument("--clock", default="wall", choices=["wall", "process"],
                     help="process: CPU seconds of all threads instead of wall-clock seconds (CPU only; meaningful "
                          "with the default OMP_WAIT_POLICY=PASSIVE, under which waiting threads do not spin)")
@@ -589,7 +592,8 @@ def main() -> None:
         raise SystemExit(f"--sections {args.sections}: expected a comma-separated subset of geometry,tiny,mfu,long.")
     t_start = time.perf_counter()
 
-    peak = matmul_peak(device, dtype, 4096 if device.type == "cuda" else 2048, 20 if device.type == "cuda" else 8)
+    peak_n = args.peak_size or (4096 if device.type == "cuda" else 2048)
+    peak = matmul_peak(device, dtype, peak_n, 20 if device.type == "cuda" else 8)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         _cpu_name() + f", {torch.get_num_threads()} threads")
     print(f"{dev_name}: measured {args.dtype} matmul peak {peak / 1e9:.0f} GFLOP/s", flush=True)
@@ -669,7 +673,7 @@ def main() -> None:
         report["mfu"] = mfu_section(args, device, peak)
     # One probe of the peak can land on a slow moment of a shared machine (a low peak inflates every MFU, even
     # past 100 %); probe again at the end and divide every row by the best probe of the run.
-    final_peak = max(peak, matmul_peak(device, dtype, 4096 if device.type == "cuda" else 2048,
+    final_peak = max(peak, matmul_peak(device, dtype, peak_n,
                                        20 if device.type == "cuda" else 8))
     if "mfu" in report:
         final_peak = max(final_peak, max(report["mfu"]["round_peaks_gflops"]) * 1e9)

@@ -105,7 +105,7 @@ def test_encoder_smoke(tmp_path):
         [sys.executable, str(ROOT / "benchmarks" / "encoder.py"), "--sections", "geometry", "--d", "64", "--f", "96",
          "--heads", "4", "--layers", "2", "--vocab", "512", "--seq", "32", "--fixed-batch", "2", "--var-batch", "3",
          "--var-mean", "16", "--var-std", "4", "--min-len", "4", "--rounds", "2", "--train-rounds", "1",
-         "--threads", "1", "--no-memory", "--json", str(out)],
+         "--threads", "1", "--no-memory", "--peak-size", "128", "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -144,7 +144,7 @@ def test_encoder_long_context_smoke(tmp_path):
         [sys.executable, str(ROOT / "benchmarks" / "encoder.py"), "--sections", "long", "--d", "64", "--f", "96",
          "--heads", "4", "--layers", "4", "--vocab", "512", "--long-seq", "96", "--long-window", "16",
          "--long-var-batch", "3", "--long-var-mean", "48", "--long-var-std", "12", "--long-min-len", "8",
-         "--rounds", "1", "--train-rounds", "1", "--threads", "1", "--json", str(out)],
+         "--rounds", "1", "--train-rounds", "1", "--threads", "1", "--peak-size", "128", "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
