@@ -274,7 +274,8 @@ class Table:
                     yield reader.line_num, record
         except csv.Error as err:
             raise TableError(f"{self.name}, line {reader.line_num}: {err}; fix that row (an unbalanced quote runs "
-                             "on to the end of the file: a quote inside a quoted field is written twice, \"\").") from err
+                             "on to the end of the file; a quote inside a quoted field is written twice: \"\")."
+                             ) from err
 
     def _header(self, records: Iterator[tuple[int, list[str]]]) -> tuple[list[str], int]:
         for line, header in records:
