@@ -222,6 +222,34 @@ def test_bf16_autocast_fine_tunes(tiny_model, tmp_path, task):
     assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float32}  # autocast: fp32 weights
 
 
+def test_datasets_folders_give_splits_and_class_label_names(tiny_model, tmp_path):
+    import datasets
+
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["no_animal", "animal"])})
+
+    def split(n, seed):
+        return datasets.Dataset.from_list([{"sentence": " ".join(s), "label": int(bool(set(s) & set(ANIMALS)))}
+                                           for s in _sentences(n, seed)], features=features)
+
+    datasets.DatasetDict({"train": split(64, 0), "validation": split(16, 1), "test": split(16, 2)}).save_to_disk(
+        str(tmp_path / "dd"))
+    res = finetune_on_files(tiny_model, "classification", str(tmp_path / "dd"), validation=str(tmp_path / "dd"),
+                            test=str(tmp_path / "dd"), data=FileDataConfig(text_column="sentence"),
+                            cfg=FinetuneConfig(max_steps=2, batch_size=8, max_length=16))
+    assert res["labels"] == ["no_animal", "animal"]  # the ClassLabel order, not sorted names
+    assert res["train_examples"] == 64 and res["eval_examples"] == {"validation": 16, "test": 16}
+    test = datasets.load_from_disk(str(tmp_path / "dd"))["test"]
+    truth = [test.features["label"].int2str(v) for v in test["label"]]
+    assert res["baselines"]["test"]["majority_accuracy"] == max(truth.count(n) for n in set(truth)) / 16
+    split(2, 3).map(lambda r: {"label": -1}).save_to_disk(str(tmp_path / "unlabelled"))  # -1: no label (datasets)
+    with pytest.raises(TableError, match=r"unlabelled, row 1: label id -1 in column 'label' is not one of the "
+                                         r"dataset's classes \['no_animal', 'animal'\] \(-1 means unlabelled\)"):
+        finetune_on_files(tiny_model, "classification", str(tmp_path / "dd"), test=str(tmp_path / "unlabelled"),
+                          data=FileDataConfig(text_column="sentence", max_train_examples=4),
+                          cfg=FinetuneConfig(max_steps=1))
+
+
 # ============================================================================================ bad input
 
 
@@ -244,6 +272,7 @@ def _write(path: Path, text: str) -> str:
      r"label\(s\) \['y'\] that labels=\['x', 'z'\] \(--labels\) lacks"),
     ("classification", "t.csv:text,label\na,x\nb,y\n", ("--validation", "v.csv:text,label\nc,w\n"),
      r"v.csv, line 2: label 'w' is not among the training labels \['x', 'y'\]"),
+    ("regression", "t.csv:text,label\na,0.5\nb,1\n", ("--labels", "a,b"), r"--labels\) names classes, but regression"),
     ("regression", "t.csv:text,label\na,0.5\nb,high\n", (), r"t.csv, line 3: the label in column 'label' is 'high', "
                                                            r"not a number"),
     ("token-classification", 't.jsonl:{"tokens": ["a", "cat"], "tags": ["O"]}\n', (),

@@ -167,7 +167,7 @@ class Table:
         if self.format != "hf" and not self._path.is_file():
             raise FileNotFoundError(f"Table file {source} does not exist.")
         self._dataset: Any = None
-        self.name = str(source) if self.format != "hf" else f"{source} [{split}]" if split else str(source)
+        self.name = str(source)  # a DatasetDict's split is added when it is opened
 
     # ------------------------------------------------------------------------------------------ columns
 
@@ -403,7 +403,8 @@ class Table:
                 ask = "which split to read" if self.split is None else f"a split it has, not {self.split!r}"
                 raise TableError(f"{self.source} holds the splits {list(ds)}: say {ask} (split= / the --*-split flag).")
             ds = ds[self.split]
-            self.name = f"{self.source} [{self.split}]"
+        if self.split is not None and (not local or (self._path / "dataset_dict.json").is_file()):
+            self.name = f"{self.source} [{self.split}]"  # a split of several: say which
         return ds
 
     def _dataset_rows(self, columns: Sequence[str] | None) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -87,6 +87,16 @@ def _label_key(value: Any, where: str, column: str) -> str:
                      "class label is a name or an integer id (for a number to predict, fine-tune for regression).")
 
 
+def _class_name(value: Any, names: list[str] | None, where: str, column: str) -> str:
+    """A label as a class name: a ``ClassLabel`` id through the dataset's names, anything else by :func:`_label_key`."""
+    if names is None or not isinstance(value, int) or isinstance(value, bool):
+        return _label_key(value, where, column)
+    if not 0 <= value < len(names):  # datasets write -1 for "no label" (e.g. GLUE test splits)
+        raise TableError(f"{where}: label id {value} in column {column!r} is not one of the dataset's classes "
+                         f"{names} (-1 means unlabelled); give labelled data or drop the row.")
+    return names[value]
+
+
 def _score(value: Any, where: str, column: str) -> float:
     try:
         score = float(value.strip() if isinstance(value, str) else value)
@@ -125,15 +135,14 @@ def read_examples(table: Table, task: str, data: FileDataConfig) -> Iterator[tup
             tags = _words(value, where, label, "tags")
             if len(words) != len(tags):
                 raise TableError(f"{where}: {len(words)} words but {len(tags)} tags; give one tag per word.")
-            tags = [names[t] if names and isinstance(t, int) else _label_key(t, where, label) for t in tags]
+            tags = [_class_name(t, names, where, label) for t in tags]
             yield where, {"words": words, "tags": tags}
             continue
         texts = (cell_text(row, text, where),) + (() if pair is None else (cell_text(row, pair, where),))
         if task == "regression":
             yield where, {"texts": texts, "label": _score(value, where, label)}
         else:
-            named = names[value] if names and isinstance(value, int) else _label_key(value, where, label)
-            yield where, {"texts": texts, "label": named}
+            yield where, {"texts": texts, "label": _class_name(value, names, where, label)}
 
 
 def label_list(train: Sequence[dict[str, Any]], task: str, data: FileDataConfig, names: list[str] | None) -> list[str]:
@@ -162,8 +171,7 @@ def label_list(train: Sequence[dict[str, Any]], task: str, data: FileDataConfig,
     return labels
 
 
-def _to_ids(examples: list[tuple[str, dict[str, Any]]], task: str, label2id: dict[str, int],
-            source: str) -> list[dict[str, Any]]:
+def _to_ids(examples: list[tuple[str, dict[str, Any]]], task: str, label2id: dict[str, int]) -> list[dict[str, Any]]:
     """Replace label names by ids (token classification: ``tags`` by ``tag_ids``); an unknown label is named."""
     out = []
     for where, ex in examples:
@@ -171,7 +179,7 @@ def _to_ids(examples: list[tuple[str, dict[str, Any]]], task: str, label2id: dic
         for name in names:
             if name not in label2id:
                 raise TableError(f"{where}: label {name!r} is not among the training labels {list(label2id)[:20]}; "
-                                 f"fix the row, or give every label with --labels ({source}).")
+                                 "fix the row, or name every label in labels= (--labels).")
         ids = [label2id[n] for n in names]
         out.append({**ex, "tag_ids": ids} if task == "token-classification" else {**ex, "label": ids[0]})
     return out
@@ -371,18 +379,20 @@ def finetune_on_files(model: str, task: FileTask, train: str, *, validation: str
     if task not in FILE_TASKS:
         raise ValueError(f"Unknown task {task!r}: choose one of {list(FILE_TASKS)}.")
     data, cfg, start = data or FileDataConfig(), cfg or FinetuneConfig(), time.perf_counter()
+    if task == "regression" and data.labels is not None:
+        raise ValueError(f"labels={list(data.labels)} (--labels) names classes, but regression predicts a number; "
+                         "drop it, or fine-tune for classification.")
     tokenizer = load_tokenizer(model)
     pad_token_id(tokenizer)  # a tokenizer that cannot pad fails before the data is read
     table, train_rows = _read_split(train, "train", task, data, data.max_train_examples)
-    evals = {role: _read_split(src, role, task, data, data.max_eval_examples)[1]
-             for role, src in (("validation", validation), ("test", test)) if src is not None}
+    sources = {role: src for role, src in (("validation", validation), ("test", test)) if src is not None}
+    evals = {role: _read_split(src, role, task, data, data.max_eval_examples)[1] for role, src in sources.items()}
     labels = None
     if task != "regression":
         labels = label_list([ex for _, ex in train_rows], task, data, table.label_names(_columns(task, data)[2]))
         label2id = {n: i for i, n in enumerate(labels)}
-        train_rows = list(zip((w for w, _ in train_rows), _to_ids(train_rows, task, label2id, train)))
-        evals = {role: list(zip((w for w, _ in rows), _to_ids(rows, task, label2id, str(role))))
-                 for role, rows in evals.items()}
+        train_rows = list(zip((w for w, _ in train_rows), _to_ids(train_rows, task, label2id)))
+        evals = {role: list(zip((w for w, _ in rows), _to_ids(rows, task, label2id))) for role, rows in evals.items()}
     train_features = _encode(task, [ex for _, ex in train_rows], tokenizer, cfg.max_length)
     eval_features = {role: _encode(task, [ex for _, ex in rows], tokenizer, cfg.max_length)
                      for role, rows in evals.items()}
