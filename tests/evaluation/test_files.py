@@ -300,3 +300,14 @@ def test_an_unknown_task_and_a_bad_label_type_in_python(tiny_model, tmp_path):
         finetune_on_files(str(tiny_model), "ner", train)  # type: ignore[arg-type]
     with pytest.raises(TableError, match=r"t.jsonl, line 1: the label in column 'label' is a bool"):
         finetune_on_files(str(tiny_model), "classification", train)
+
+
+def test_file_tasks_are_finetune_commands_only(capsys):
+    from modernalbert.cli.main import build_parser
+
+    for task in ("classification", "regression", "token-classification"):
+        args = build_parser(["finetune"]).parse_args(["finetune", task, "m", "--train", "t.csv", "--output-dir", "o"])
+        assert args.suite == task and args.train == "t.csv"
+        with pytest.raises(SystemExit):  # files are scored by `finetune ... --validation/--test`
+            build_parser(["evaluate"]).parse_args(["evaluate", task, "m"])
+    assert "invalid choice: 'classification'" in capsys.readouterr().err
