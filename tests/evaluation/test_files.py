@@ -160,6 +160,21 @@ def test_token_classification_learns_entities_the_same_from_jsonl_and_conll(tiny
     config = json.loads((tmp_path / "jsonl" / "model" / "config.json").read_text())
     assert config["architectures"] == ["ModernAlbertForTokenClassification"]
     assert config["id2label"] == {"0": "B-ANIMAL", "1": "B-COLOUR", "2": "O"}
+    # The saved folder scores the same with 16-bit weights (CPU), where the margins are this clear.
+    from modernalbert.evaluation.files import open_table, read_examples
+    from modernalbert.model.loading import load_model, load_tokenizer
+
+    data = FileDataConfig(label_column="ner_tags")
+    tokenizer = load_tokenizer(jsonl["model_dir"])
+    examples = [{**ex, "tag_ids": [jsonl["labels"].index(t) for t in ex["tags"]]}
+                for _, ex in read_examples(open_table(str(files["dev"]), "validation", data), "token-classification",
+                                           data)]
+    features = encode_words(examples, tokenizer, 16)
+    for dtype in (torch.bfloat16, torch.float16):
+        net = load_model(jsonl["model_dir"], "token-classification", dtype=dtype)
+        assert next(net.parameters()).dtype == dtype
+        assert score_features(net, "token-classification", features, tokenizer=tokenizer, batch_size=16,
+                              precision="fp32", labels=jsonl["labels"], desc="16-bit") == dev
     # transformers' own token-classification pipeline reads the saved folder and finds the entities
     from transformers import pipeline
 
