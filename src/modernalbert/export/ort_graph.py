@@ -60,7 +60,15 @@ from ..model.modeling import (
     ModernAlbertModel,
     RRTGeGLU,
 )
-from .onnx import INPUT_DTYPES, POOLINGS, check_graph, quantize_int8, write_atomically
+from .onnx import (
+    INPUT_DTYPES,
+    META_ARCHITECTURE,
+    META_POOLING,
+    POOLINGS,
+    check_graph,
+    quantize_int8,
+    write_atomically,
+)
 
 MS_DOMAIN = "com.microsoft"
 OPSET = 17  # LayerNormalization (17) is the newest standard op used
@@ -68,6 +76,7 @@ OPSET = 17  # LayerNormalization (17) is the newest standard op used
 # it keeps a (padding) query row whose every key is masked finite.
 BAND_MASK_VALUE = -1.0e9
 ACTIVATIONS = {"gelu": "Gelu", "gelu_new": "FastGelu", "gelu_pytorch_tanh": "FastGelu"}
+META_EMBEDDING_POOLING = "modernalbert.sentence_embedding_pooling"
 HEAD_PREFIXES = ("head.", "classifier.")  # initializer names of the task head (kept fp32 by the int8 recipe)
 SUPPORTED = (ModernAlbertModel, ModernAlbertForSequenceClassification, ModernAlbertForTokenClassification)
 
@@ -105,7 +114,7 @@ class _Writer:
         return names[0] if len(names) == 1 else names
 
 
-def _check_model(model: Any, pooling: str, input_dtype: str) -> ModernAlbertModel:
+def check_deployable(model: Any, pooling: str, input_dtype: str) -> ModernAlbertModel:
     """The encoder of ``model``, after refusing what the deployment graph cannot write (with the fix)."""
     if not isinstance(model, SUPPORTED):
         raise ValueError(f"The deployment graph covers {', '.join(c.__name__ for c in SUPPORTED)}; got "
@@ -172,7 +181,10 @@ def _layout(w: _Writer) -> dict[str, str]:
     shape = w.op("Shape", ["input_ids"])  # [B, L]
     seq_len = w.op("Slice", [shape, w.const("one", np.array([1])), w.const("two", np.array([2]))])  # [L]
     return {"mask": w.op("Cast", [mask], to=TensorProto.FLOAT),  # (B, L)
-            "lengths64": lengths, "lengths": w.op("Cast", [lengths], to=TensorProto.INT32), "L": seq_len}
+            "lengths64": lengths, "L": seq_len,
+            # Attention lengths: a row without any real token attends its first slot (a pad) so that its softmax
+            # stays finite; its outputs are zeroed with the mask, as the model leaves such a row.
+            "lengths": w.op("Cast", [w.op("Max", [lengths, w.const("one", np.array([1]))])], to=TensorProto.INT32)}
 
 
 def _band_bias(w: _Writer, seq_len: str, window: int) -> str:
@@ -269,7 +281,7 @@ def _head(w: _Writer, model: Any, x: str) -> str:
 
 
 def build_deployment_graph(model: Any, *, pooling: str = "mean", input_dtype: str = "int64",
-                           max_length: int | None = None) -> Any:
+                           max_length: int | None = None, token_type_ids: bool = False) -> Any:
     """The deployment graph of ``model`` as an ``onnx.ModelProto`` (not written; see :func:`write_deployment_graph`).
 
     Args:
@@ -278,6 +290,8 @@ def build_deployment_graph(model: Any, *, pooling: str = "mean", input_dtype: st
         pooling: The encoder's ``sentence_embedding``: ``"mean"`` or ``"cls"`` (heads: mean).
         input_dtype: ``"int64"`` or ``"int32"`` inputs.
         max_length: Longest sequence the RoPE tables cover (default ``config.max_position_embeddings``).
+        token_type_ids: Also take a ``token_type_ids`` input (accepted and ignored, as export_onnx's), for feeding
+            a BERT-family tokenizer's output as it is.
 
     Raises:
         ValueError: Another class, routed groups (merge first), a dtype other than fp32, an unsupported activation
@@ -285,11 +299,12 @@ def build_deployment_graph(model: Any, *, pooling: str = "mean", input_dtype: st
     """
     from onnx import TensorProto, helper
 
-    base = _check_model(model, pooling, input_dtype)
+    base = check_deployable(model, pooling, input_dtype)
     cfg = base.config
     max_len = max_length or cfg.max_position_embeddings
     itype = TensorProto.INT64 if input_dtype == "int64" else TensorProto.INT32
-    inputs = [helper.make_tensor_value_info(n, itype, ["batch", "sequence"]) for n in ("input_ids", "attention_mask")]
+    names = ("input_ids", "attention_mask", *(("token_type_ids",) if token_type_ids else ()))
+    inputs = [helper.make_tensor_value_info(n, itype, ["batch", "sequence"]) for n in names]
     w = _Writer()
     layout = _layout(w)
     with torch.no_grad():
@@ -318,7 +333,15 @@ def build_deployment_graph(model: Any, *, pooling: str = "mean", input_dtype: st
                                                          helper.make_opsetid(MS_DOMAIN, 1)],
                                    producer_name="modernalbert.export.ort_graph")
     onnx_model.ir_version = 10
-    helper.set_model_props(onnx_model, {"modernalbert.graph": "deployment", "modernalbert.padding": "right"})
+    # META_POOLING as export_onnx writes it (the encoder's pooling; "" for heads, whose outputs are their own), and
+    # the pooling of whatever sentence_embedding output the graph has.
+    embedding_pooling = (pooling if isinstance(model, ModernAlbertModel)
+                         else "mean" if "sentence_embedding" in outputs else "")
+    helper.set_model_props(onnx_model, {
+        META_ARCHITECTURE: type(model).__name__,
+        META_POOLING: pooling if isinstance(model, ModernAlbertModel) else "",
+        META_EMBEDDING_POOLING: embedding_pooling, "modernalbert.graph": "deployment",
+        "modernalbert.padding": "right"})
     return onnx_model
 
 
@@ -362,4 +385,5 @@ def quantize_deployment_graph(path: str | os.PathLike, out_path: str | os.PathLi
     return quantize_int8(path, out_path, per_channel=True, nodes_to_quantize=encoder_matmuls(path))
 
 
-__all__ = ["build_deployment_graph", "encoder_matmuls", "quantize_deployment_graph", "write_deployment_graph"]
+__all__ = ["META_EMBEDDING_POOLING", "build_deployment_graph", "check_deployable", "encoder_matmuls",
+           "quantize_deployment_graph", "write_deployment_graph"]
