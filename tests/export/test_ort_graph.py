@@ -143,3 +143,13 @@ def test_int8_keeps_predictions_and_embeddings_on_real_text(tmp_path):
     agreement = np.mean(logits.argmax(-1) == ref.argmax(-1))
     cos = (emb * ref_emb).sum(-1) / (np.linalg.norm(emb, axis=-1) * np.linalg.norm(ref_emb, axis=-1))
     assert agreement >= 0.97 and cos.min() >= 0.99, (agreement, cos.min())
+
+
+def test_export_command_refuses_a_routed_model_before_writing(tmp_path, capsys):
+    from modernalbert.cli.main import main
+    from modernalbert.model.loading import save_model
+
+    save_model(ModernAlbertModel(small_config()), None, tmp_path / "mol")
+    assert main(["export", "onnx", str(tmp_path / "mol"), str(tmp_path / "out"), "--deploy"]) == 2
+    assert "merge IN OUT --form fold" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "model.onnx").exists()

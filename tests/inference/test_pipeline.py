@@ -100,7 +100,7 @@ def test_onnx_folder_predicts_and_encodes_as_pytorch(tmp_path, classifier):
     mean = _reference(model, texts, lambda m, i, a: pool(m.model(input_ids=i, attention_mask=a).last_hidden_state,
                                                           a, "mean")[0].numpy())
     np.testing.assert_allclose(np.load(tmp_path / "e.npy"), np.stack(mean), atol=1e-4, rtol=0)
-    with pytest.raises(ValueError, match="not 'sentence_embedding'.*--pooling mean"):
+    with pytest.raises(ValueError, match=r"not 'sentence_embedding'.*--pooling mean"):
         encode(tmp_path / "onnx", src, tmp_path / "e.npy", graph="model.onnx", progress=False)
 
 
@@ -178,7 +178,7 @@ def test_bad_input_is_named(tmp_path, classifier, capsys):
     assert main(["predict", str(folder), str(src), "-o", str(tmp_path / "o.jsonl"), "--text-column", "review",
                  "--no-progress"]) == 2
     assert "no column 'review'" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="suffix '.txt'"):
+    with pytest.raises(ValueError, match=r"suffix '\.txt'"):
         predict(folder, src, tmp_path / "out.txt", progress=False)
     with pytest.raises(ValueError, match="no logits"):
         encoder_folder = tmp_path / "enc"
