@@ -22,7 +22,7 @@ from modernalbert.model.modeling import (
     ModernAlbertModel,
     pool,
 )
-from tests.conftest import WORDS, make_tokenizer, randomize_adapters, small_config
+from tests.conftest import WORDS, make_tokenizer, padded_batch, randomize_adapters, small_config
 
 LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 TAGS = {0: "O", 1: "B-ANIMAL", 2: "I-ANIMAL", 3: "B-PLACE", 4: "I-PLACE"}
@@ -195,3 +195,20 @@ def test_cli_predict_and_encode(tmp_path, classifier, capsys):
     assert main(["encode", str(folder), str(src), "-o", str(tmp_path / "e.npy"), "--no-progress"]) == 0
     assert "5 predictions written" in capsys.readouterr().out
     assert np.load(tmp_path / "e.npy").shape == (5, 64)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_runner_with_16_bit_weights_and_under_autocast(classifier, dtype):
+    """16-bit weights (as loaded for GPUs) and bf16 autocast give float32 outputs within 16-bit rounding of fp32."""
+    from modernalbert.inference import load_runner
+
+    _, folder = classifier
+    ids, mask = (t.numpy() for t in padded_batch(vocab=64, lengths=(11, 4, 7)))
+    ref = load_runner(folder, "logits")(ids, mask)
+    low = load_runner(folder, "logits", dtype=dtype)(ids, mask)
+    assert low.dtype == np.float32
+    np.testing.assert_allclose(low, ref, atol=5e-2, rtol=0)
+    runner = load_runner(folder, "sentence_embedding")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = runner(ids, mask)
+    np.testing.assert_allclose(auto, runner(ids, mask), atol=5e-2, rtol=0)

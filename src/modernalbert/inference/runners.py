@@ -132,7 +132,7 @@ def onnx_runner(graph: str | os.PathLike, config: Any, output: str, threads: int
 
 
 def load_runner(path: str | os.PathLike, output: str, *, graph: str | None = None, pooling: str = "mean",
-                threads: int | None = None) -> Runner:
+                threads: int | None = None, dtype: torch.dtype = torch.float32) -> Runner:
     """A runner for a model folder: PyTorch (``config.json`` + safetensors) or an exported ONNX folder.
 
     Args:
@@ -142,6 +142,8 @@ def load_runner(path: str | os.PathLike, output: str, *, graph: str | None = Non
             when present, else ``model.onnx``.
         pooling: PyTorch folders: sentence-embedding pooling (an ONNX graph's pooling was fixed at export).
         threads: ONNX Runtime intra-op threads.
+        dtype: PyTorch folders: the weights' dtype (fp32 by default, what CPU inference is fast and exact in;
+            bf16 / fp16 on GPUs). Outputs are returned as float32 whatever it is.
 
     Raises:
         FileNotFoundError: No such folder, or no such graph in it.
@@ -166,7 +168,7 @@ def load_runner(path: str | os.PathLike, output: str, *, graph: str | None = Non
         raise ValueError(f"{folder} is a PyTorch model folder: --graph names a graph of an exported ONNX folder.")
     from ..model.loading import load_pretrained
 
-    model = load_pretrained(folder, dtype=torch.float32)
+    model = load_pretrained(folder, dtype=dtype)
     return torch_runner(model, output, pooling)
 
 
