@@ -19,7 +19,6 @@ from sklearn.metrics import matthews_corrcoef as sk_mcc
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from modernalbert import ModernAlbertForMaskedLM
 from modernalbert.cli.suites.glue import (
     add_evaluate_arguments,
     add_finetune_arguments,
@@ -29,7 +28,7 @@ from modernalbert.cli.suites.glue import (
 from modernalbert.evaluation import glue
 from modernalbert.evaluation.config import FinetuneConfig
 from modernalbert.model.loading import load_model
-from tests.conftest import SPECIALS, WORDS, make_tokenizer, small_config
+from tests.conftest import SPECIALS, WORDS, make_tokenizer
 
 # ============================================================================================ metrics
 
@@ -423,15 +422,6 @@ def test_parse_grid():
 # ============================================================================================ models (tiny)
 
 
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("tiny_mlm")
-    torch.manual_seed(0)
-    ModernAlbertForMaskedLM(small_config()).save_pretrained(folder)
-    make_tokenizer().save_pretrained(folder)
-    return str(folder)
 
 
 FAST = FinetuneConfig(batch_size=4, max_steps=3, eval_batch_size=8, learning_rate=1e-3, max_length=16, log_every=1)

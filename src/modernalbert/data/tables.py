@@ -44,12 +44,13 @@ import lzma
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, Literal, get_args
 
 from ..utils.hub import is_hub_id
 from ..utils.io import read_lines
 
-TABLE_FORMATS = ("csv", "tsv", "jsonl", "parquet", "conll", "hf")
+TableFormat = Literal["csv", "tsv", "jsonl", "parquet", "conll", "hf"]
+TABLE_FORMATS: tuple[str, ...] = get_args(TableFormat)
 
 # suffix -> format (lower-case suffixes; a compression suffix after a text format's suffix is peeled first)
 SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
@@ -250,15 +251,19 @@ class Table:
 
     def _lines(self) -> Iterator[str]:
         _, compression = _peel(self._path)
-        stream: IO[bytes] | None = None
         try:
-            if compression is not None:
-                stream = COMPRESSIONS[compression](self._path, "rb")
-            yield from read_lines(self._path, stream)
-        except (OSError, EOFError, lzma.LZMAError) as err:  # a truncated or corrupt archive
-            raise TableError(f"{self.name}: cannot decompress it ({type(err).__name__}: {err}); the file is "
-                             "damaged or not compressed as its suffix says.") from err
-        except ValueError as err:  # not UTF-8: read_lines names the line and the byte
+            if compression is None:
+                yield from read_lines(self._path)
+                return
+            with COMPRESSIONS[compression](self._path, "rb") as stream:
+                try:
+                    yield from read_lines(self._path, stream)
+                except (OSError, EOFError, lzma.LZMAError) as err:  # a truncated or corrupt archive
+                    raise TableError(f"{self.name}: cannot decompress it ({type(err).__name__}: {err}); the file is "
+                                     "damaged or not compressed as its suffix says.") from err
+        except TableError:
+            raise
+        except ValueError as err:  # not UTF-8: read_lines names the file, the line and the byte
             raise TableError(str(err)) from None
 
     def _csv_records(self) -> Iterator[tuple[int, list[str]]]:
@@ -268,8 +273,9 @@ class Table:
                 if record:  # csv.reader gives [] for a blank line
                     yield reader.line_num, record
         except csv.Error as err:
-            raise TableError(f"{self.name}, line {reader.line_num}: {err}; fix the quoting of that row (a quote "
-                             "inside a quoted field is written twice: \"\")." ) from err
+            raise TableError(f"{self.name}, line {reader.line_num}: {err}; fix that row (an unbalanced quote runs "
+                             "on to the end of the file; a quote inside a quoted field is written twice: \"\")."
+                             ) from err
 
     def _header(self, records: Iterator[tuple[int, list[str]]]) -> tuple[list[str], int]:
         for line, header in records:
@@ -429,5 +435,5 @@ def read_table(source: str | os.PathLike, columns: Sequence[str] | None = None, 
     return Table(source, format=format, split=split, config=config).rows(columns)
 
 
-__all__ = ["BATCH_ROWS", "TABLE_FORMATS", "Table", "TableError", "cell_text", "cell_value", "read_table",
-           "table_format"]
+__all__ = ["BATCH_ROWS", "TABLE_FORMATS", "Table", "TableError", "TableFormat", "cell_text", "cell_value",
+           "read_table", "table_format"]

@@ -36,6 +36,7 @@ from . import modeling
 # task head -> Auto factory name (resolved lazily: importing transformers' Auto classes is slow)
 HEADS: dict[str, str] = {
     "sequence-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
     "question-answering": "AutoModelForQuestionAnswering",
     "masked-lm": "AutoModelForMaskedLM",
     "encoder": "AutoModel",
@@ -220,7 +221,8 @@ def load_model(path: str | os.PathLike, head: str, **kwargs: Any) -> Any:
 
     Args:
         path: A model folder, a packaged model name or a Hub id.
-        head: ``"sequence-classification"``, ``"question-answering"``, ``"masked-lm"`` or ``"encoder"``.
+        head: ``"sequence-classification"``, ``"token-classification"``, ``"question-answering"``, ``"masked-lm"``
+            or ``"encoder"``.
         **kwargs: Passed to ``from_pretrained`` (e.g. ``num_labels``, ``problem_type``).
 
     Raises:
