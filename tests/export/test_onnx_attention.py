@@ -16,13 +16,14 @@ pytest.importorskip("onnxruntime")
 
 
 def test_onnx_graph_reproduces_modernbert_with_local_layers(tmp_path):
-    # Four layers keep the export short; the pattern is the default one: global at layers 0 and 3, local at 1, 2.
-    teacher = ModernBertForMaskedLM(default_teacher_config(num_hidden_layers=4)).eval()
+    # Two layers keep the export short (its time grows with the graph): the default pattern's first two, a global
+    # then a local layer, each through the traced path.
+    teacher = ModernBertForMaskedLM(default_teacher_config(num_hidden_layers=2)).eval()
     with torch.no_grad():
         teacher.decoder.bias.normal_()
-    student = ModernAlbertForMaskedLM(student_config(num_hidden_layers=4, max_position_embeddings=8192)).eval()
+    student = ModernAlbertForMaskedLM(student_config(num_hidden_layers=2, max_position_embeddings=8192)).eval()
     load_modernbert_weights(student, teacher)
-    assert student.config.layer_types == ["full_attention", "sliding_attention", "sliding_attention", "full_attention"]
+    assert student.config.layer_types == ["full_attention", "sliding_attention"]
     session = inference_session(export_onnx(student, tmp_path / "mlm.onnx"))
     ids, mask = long_batch()
     (logits,) = session.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})

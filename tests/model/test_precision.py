@@ -10,6 +10,10 @@ errors add at worst linearly with depth. Measured on this matrix: at most 5u (bf
 the fp32 outputs by 8 % (merged forms) to 40 % (MoL, RRT): 1.8 to 8.6 times the bf16 bound and 14 to 69 times the
 fp16 one (checked below), so an expert term that is dropped, mis-scaled or mis-cast fails.
 
+Attention. The `test` preset mixes layer types (layers 0 and 3 global, 1 and 2 local, 4 tokens each way) and the
+9-token rows reach past the window, so every mode runs the blocked sliding-window kernel besides global attention
+(checked below).
+
 Routing. A 16-bit model routes exactly as an fp32 computation on its own (rounded) router inputs and weights: its
 gate equals a float64 recomputation to fp32 accuracy, and its top-k choices equal the float64 ones except where
 the k-th and (k+1)-th probabilities tie to within fp32 resolution.
@@ -133,6 +137,21 @@ def run(model: torch.nn.Module, head: type, mode: str) -> dict:
     loss.backward()
     grads = {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
     return {"out": out, "y": y.detach(), "loss": loss.detach(), "grads": grads, "routes": routes}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_16bit_local_layers_run_the_blocked_kernel_in_their_compute_dtype(mode, monkeypatch):
+    """The local layers of the matrix above take the blocked sliding-window path in 16 bits (no fp32 upcast)."""
+    seen = []
+    original = M._sdpa_banded
+
+    def spy(qkv, layout, dropout, window):
+        seen.append((qkv.dtype, window))
+        return original(qkv, layout, dropout, window)
+
+    monkeypatch.setattr(M, "_sdpa_banded", spy)
+    run(build("mol-output", M.ModernAlbertModel), M.ModernAlbertModel, mode)
+    assert seen == [(DTYPES[mode.split("-")[0]], 4)] * 2  # layers 1 and 2
 
 
 @functools.cache

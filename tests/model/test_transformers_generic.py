@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 import transformers
 from transformers import initialization
 from transformers.models.auto import modeling_auto
@@ -222,3 +223,28 @@ class ModernAlbertModelTest(common.ModelTesterMixin, unittest.TestCase):
 
     def test_config(self):
         self.config_tester.run_common_tests()
+
+    def test_sliding_window_mask(self):
+        """transformers' version tests a causal decoder's window (``use_sliding_window`` and a band that ends at the
+        query, which ``ModernBertConfig`` lacks too, so it skips there); here its bidirectional counterpart, for every
+        class: setting ``config.sliding_window`` sets the band of the local layers, whose eager probabilities vanish
+        exactly outside ``|i - j| <= sliding_window`` and nowhere inside, while the global layers attend everywhere."""
+        config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
+        seq_len = self.model_tester.seq_length
+        inputs["attention_mask"] = torch.ones(self.model_tester.batch_size, seq_len, dtype=torch.long)
+        i = torch.arange(seq_len)
+        for window in (1, 3):
+            config.sliding_window = window
+            band = (i[:, None] - i[None, :]).abs() <= window  # (L, L)
+            for model_class in self.all_model_classes:
+                model = model_class._from_config(config, attn_implementation="eager").eval()
+                batch = self._prepare_for_class(inputs, model_class)
+                with torch.no_grad():
+                    attentions = model(**batch, output_attentions=True).attentions
+                types = model.config.layer_types
+                assert types == ["full_attention", "sliding_attention"] and model.config.local_attention == 2 * window
+                for probs, layer_type in zip(attentions, types, strict=True):  # (B, h, L, L)
+                    if layer_type == "sliding_attention":
+                        assert (probs[..., ~band] == 0).all() and (probs[..., band] > 0).all(), model_class
+                    else:
+                        assert (probs > 0).all(), model_class
