@@ -129,6 +129,28 @@ def test_train_step_smoke(tmp_path):
     assert all(len(r["step_ms"]) == 2 and r["last_loss"] > 0 for r in results.values())
 
 
+def test_deploy_smoke(tmp_path):
+    """benchmarks/deploy.py at tiny geometry: every row, both workloads, the RT accuracy lines and the acceptance
+    verdicts are reported (timings are not asserted)."""
+    out = tmp_path / "deploy.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "deploy.py"), "--geometry", "tiny", "--pattern", "modernbert",
+         "--n", "8", "--n-fixed", "2", "--fixed-length", "64", "--rounds", "2", "--threads", "1",
+         "--rt-sentences", "32", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(out.read_text())
+    assert set(report["workloads"]) == {"variable", "fixed"}
+    rows = report["workloads"]["variable"]["rows"]
+    assert list(rows) == ["HF, input order", "HF, our batching", "ours PyTorch", "ours ONNX fp32", "ours ONNX int8"]
+    assert rows["HF, input order"]["vs HF, input order"]["ratio"] == 1.0
+    assert rows["ours ONNX fp32"]["cosine_min"] > 0.9999  # the fp32 graph is the model (parity: tests/export)
+    assert "sliding_attention" in report["layer_types"]
+    assert report["rt"]["ONNX fp32"]["agreement"] == 1.0 and set(report["acceptance"]) == {
+        "int8 cosine >= 0.99", "int8 same predictions >= 99%"}
+
+
 def test_window_pairs_counts_the_sliding_window_scores():
     """A local layer's useful scores: the (query, key) pairs at most w apart, counted against a dense band."""
     for n, w in [(1, 4), (5, 0), (5, 2), (9, 4), (9, 20), (300, 64)]:

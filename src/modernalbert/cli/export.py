@@ -1,7 +1,9 @@
 """``modernalbert export onnx IN OUT``: export a saved model to ONNX (and int8), checked with ONNX Runtime.
 
 OUT becomes a self-describing folder: ``model.onnx`` (fp32, dynamic batch/sequence axes), ``model.int8.onnx`` with
-``--int8``, and the model's ``config.json`` plus its tokenizer files when IN has a tokenizer. The graph takes the
+``--int8``, with ``--deploy`` the deployment graph ``model.deploy.onnx`` (:mod:`modernalbert.export.ort_graph`: ONNX
+Runtime's fused CPU kernels, for a merged encoder, sequence or token classifier; ``model.deploy.int8.onnx`` with
+``--int8``), and the model's ``config.json`` plus its tokenizer files when IN has a tokenizer. The graph takes the
 inputs the tokenizer returns (``token_type_ids`` too for BERT-family tokenizers: accepted and ignored), so
 ``session.run(None, dict(tokenizer(texts, return_tensors="np")))`` works as it is. Every graph is checked with
 ``onnx.checker`` and ONNX Runtime before it is moved into place, and each stage prints its progress and duration on
@@ -35,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="element type of the graph's inputs (default int64, what tokenizers return)")
     p.add_argument("--token-type-ids", choices=("auto", "yes", "no"), default="auto",
                    help="take a token_type_ids input (accepted and ignored); auto: when IN's tokenizer returns one")
+    p.add_argument("--deploy", action="store_true",
+                   help="also write model.deploy.onnx, the fast CPU graph (ONNX Runtime's fused attention, RoPE, "
+                        "LayerNorm, GELU; a merged model; with --int8 also model.deploy.int8.onnx, per-channel)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the ONNX Runtime vs PyTorch check on synthetic padded batches")
 
@@ -57,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ValueError(f"OUT must be a folder, but {out} is a file.")
     verify = not args.no_verify
-    stages = Stages("export", 2 + verify + args.int8 * (1 + verify))
+    per_graph = 1 + verify + args.int8 * (1 + verify)  # write, verify, quantise, compare
+    stages = Stages("export", 1 + per_graph * (1 + args.deploy))
     with stages.stage("load the model"):
         import torch
 
@@ -81,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
         # Sentence embeddings come from the encoder: a head checkpoint (e.g. MaskedLM) exports its encoder.
         print(f"--pooling {args.pooling}: exporting the encoder of {type(model).__name__} with a sentence embedding")
         model = model.base_model
+    if args.deploy:  # refuse before anything is written (e.g. routed experts: merge first)
+        from ..export.ort_graph import check_deployable
+
+        check_deployable(model, args.pooling or "mean", args.input_dtype)
     token_type_ids = _wants_token_type_ids(args.token_type_ids, tokenizer)
     report: dict[str, dict] = {}
     batches = synthetic_batches(model)
@@ -99,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
             if verify:
                 with stages.stage("compare model.int8.onnx with model.onnx"):
                     report[int8.name] = compare_onnx(fp32, int8, batches)
+        if args.deploy:
+            report.update(_deploy(model, out, args, stages, batches, verify, token_type_ids))
     except (OnnxExportError, OnnxMismatchError) as err:
         print(f"modernalbert export: error: {err}", file=sys.stderr)
         return 1
@@ -116,6 +128,30 @@ def run(args: argparse.Namespace) -> int:
         print(f"model.int8.onnx vs model.onnx: min cosine {cos}")
     print(f"ONNX export written to {out} (inputs: {', '.join(report[fp32.name]['inputs'])})")
     return 0
+
+
+def _deploy(model, out: Path, args: argparse.Namespace, stages: Stages, batches: list, verify: bool,
+            token_type_ids: bool) -> dict:
+    """Write (and check) model.deploy.onnx and, with --int8, model.deploy.int8.onnx; their report entries."""
+    from ..export.onnx import compare_onnx, verify_onnx
+    from ..export.ort_graph import quantize_deployment_graph, write_deployment_graph
+
+    report: dict[str, dict] = {}
+    with stages.stage("write the deployment graph (ONNX Runtime contrib operators)"):
+        deploy = write_deployment_graph(model, out / "model.deploy.onnx", pooling=args.pooling or "mean",
+                                        input_dtype=args.input_dtype, token_type_ids=token_type_ids)
+    report[deploy.name] = {"verified": verify}
+    if verify:
+        with stages.stage("verify model.deploy.onnx against PyTorch (ONNX Runtime)"):
+            report[deploy.name]["max_abs_diff"] = verify_onnx(model, deploy, batches)
+    if args.int8:
+        with stages.stage("quantise the deployment graph to int8 (per channel) and check it"):
+            int8 = quantize_deployment_graph(deploy, out / "model.deploy.int8.onnx")
+        report[int8.name] = {}
+        if verify:
+            with stages.stage("compare model.deploy.int8.onnx with model.deploy.onnx"):
+                report[int8.name] = compare_onnx(deploy, int8, batches)
+    return report
 
 
 def _inputs(path: Path) -> list[str]:

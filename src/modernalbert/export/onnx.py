@@ -239,7 +239,7 @@ def _stage(what: str) -> Iterator[None]:
 # ============================================================================================== atomic writes
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
+def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
     """Run ``write(tmp_path)`` in a temporary folder beside ``path``, then move what it wrote into place.
 
     Files other than the graph (ONNX external data) move first, the graph last. A stale ``<name>.data`` left by an
@@ -346,7 +346,7 @@ def export_onnx(model: ModernAlbertPreTrainedModel, path: str | os.PathLike, *, 
         with _stage("checking the graph (onnx.checker, ONNX Runtime)"):
             check_graph(tmp)
 
-    return _write_atomically(Path(path), write)
+    return write_atomically(Path(path), write)
 
 
 def _has_external_data(onnx_path: Path) -> bool:
@@ -376,9 +376,15 @@ def check_graph(onnx_path: str | os.PathLike, *, what: str = "graph") -> None:
                               "nothing was written in its place.") from err
 
 
-def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, *, per_channel: bool = False,
+                  nodes_to_quantize: Sequence[str] | None = None) -> Path:
     """Dynamic int8 quantisation (ONNX Runtime ``quantize_dynamic``): int8 weights (QInt8), activations quantised
     on the fly per batch. Suits CPU inference; quality is checked with :func:`compare_onnx`.
+
+    With ``nodes_to_quantize`` only those ``MatMul`` nodes are quantised, and only where their weight is a constant
+    (ONNX Runtime's ``MatMulConstBOnly``): the recipe of the deployment graph (:mod:`.ort_graph`), whose attention
+    products, norms and embedding table stay fp32. ``per_channel`` gives every output channel of a weight its own
+    scale (ONNX Runtime's ``per_channel``) instead of one per tensor.
 
     The int8 graph is checked (:func:`check_graph`) before it is moved into place: an invalid one is never written.
 
@@ -394,6 +400,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike) -> 
         OnnxExportError: The quantiser failed or wrote an invalid graph (nothing is written to ``out_path``).
     """
     _require("onnxruntime", "onnx")
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     onnx_path = Path(onnx_path)
@@ -410,7 +417,13 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike) -> 
         root.setLevel(logging.ERROR)
         try:
             with _stage(f"int8 quantisation of {onnx_path.name}"):
-                quantize_dynamic(onnx_path, tmp, weight_type=QuantType.QInt8, use_external_data_format=external)
+                options: dict[str, Any] = {}
+                if nodes_to_quantize is not None:
+                    options = dict(op_types_to_quantize=["MatMul"], nodes_to_quantize=list(nodes_to_quantize),
+                                   extra_options={"MatMulConstBOnly": True,
+                                                  "DefaultTensorType": TensorProto.FLOAT})
+                quantize_dynamic(onnx_path, tmp, weight_type=QuantType.QInt8, use_external_data_format=external,
+                                 per_channel=per_channel, **options)
         except Exception as err:
             raise OnnxExportError(f"int8 quantisation of {onnx_path} failed ({type(err).__name__}: "
                                   f"{str(err).strip().splitlines()[0] if str(err).strip() else 'no message'}); "
@@ -420,7 +433,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike) -> 
         with _stage("checking the int8 graph (onnx.checker, ONNX Runtime)"):
             check_graph(tmp, what="int8 graph")
 
-    return _write_atomically(Path(out_path), write)
+    return write_atomically(Path(out_path), write)
 
 
 # ============================================================================================== verification
