@@ -728,7 +728,9 @@ class MoLGeGLU(Fp32BuffersMixin, GeGLU):
         mixed_act = a2_mix = None
         for j in range(self.top_k):
             slot = onehot[:, j].to(dt)  # (N, E) one-hot of slot j's expert
-            p_j = (gate * slot).sum(-1, keepdim=True)  # (N, 1)
+            # CUDA autocast runs sum in fp32 (CPU autocast does not): cast back, or the fp32 p_j would promote
+            # the mixed activation and a2_mix to fp32 and the in-place addmm_ below would mix dtypes.
+            p_j = (gate * slot).sum(-1, keepdim=True).to(dt)  # (N, 1)
             code = gate_ranks(a1, slot)  # (N, E*r), only e_j's rows
             last = j == self.top_k - 1
             u_j = u.addmm_(code, B1, alpha=s) if last else torch.addmm(u, code, B1, alpha=s)  # (N, 2f)
