@@ -28,6 +28,31 @@ def _write_csv(path, rows, delimiter=",", opener=open):
     return path
 
 
+# TSV (no quoting): stray and paired quotes are ordinary characters, as in GLUE's files.
+TSV_ROWS = [
+    {"text": "a plain one", "label": "pos"},
+    {"text": '" the cat sat', "label": "neg"},
+    {"text": 'with, a comma and "quotes" ünïcødé', "label": "pos"},
+    {"text": 'the bird " flew', "label": "neg"},
+]
+
+
+def _write_tsv(path, rows, opener=open):
+    with opener(path, "wt", encoding="utf-8", newline="") as fh:
+        fh.write("text\tlabel\n")
+        fh.writelines(f"{r['text']}\t{r['label']}\n" for r in rows)
+    return path
+
+
+def test_tsv_has_no_quoting_so_a_stray_quote_cannot_join_rows(tmp_path):
+    path = _write_tsv(tmp_path / "t.tsv", TSV_ROWS)
+    assert list(Table(path)) == TSV_ROWS  # row i is line i + 2, quotes kept as written
+    bad = tmp_path / "bad.tsv"
+    bad.write_text('text\tlabel\n"two\nlines"\tpos\n', encoding="utf-8")  # a quoted newline: not TSV
+    with pytest.raises(TableError, match=r"bad.tsv, line 2: 1 fields.*TSV has no quoting"):
+        list(Table(bad))
+
+
 def _write_jsonl(path, rows, opener=open):
     with opener(path, "wt", encoding="utf-8") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
@@ -47,16 +72,19 @@ def _write_parquet(path, rows, row_group_size=2):
 def test_every_format_reads_the_same_rows_in_order(tmp_path, name):
     path = tmp_path / name
     opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix, open)
-    if ".csv" in name or ".tsv" in name:
-        _write_csv(path, ROWS, "\t" if ".tsv" in name else ",", opener)
+    if ".csv" in name:
+        _write_csv(path, ROWS, ",", opener)
+    elif ".tsv" in name:  # TSV cannot hold tabs or newlines in a field: those rows go through the other formats
+        _write_tsv(path, TSV_ROWS, opener)
     elif ".parquet" in name:
         _write_parquet(path, ROWS)
     else:
         _write_jsonl(path, ROWS, opener)
+    rows = TSV_ROWS if ".tsv" in name else ROWS
     table = Table(path)
     assert table.columns == ["text", "label"]
-    assert list(table) == ROWS
-    assert list(read_table(path, ["label"])) == [{"label": r["label"]} for r in ROWS]
+    assert list(table) == rows
+    assert list(read_table(path, ["label"])) == [{"label": r["label"]} for r in rows]
 
 
 def test_where_names_the_file_and_line_or_row(tmp_path):

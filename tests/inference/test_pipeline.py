@@ -102,6 +102,11 @@ def test_onnx_folder_predicts_and_encodes_as_pytorch(tmp_path, classifier):
     np.testing.assert_allclose(np.load(tmp_path / "e.npy"), np.stack(mean), atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match=r"not 'sentence_embedding'.*--pooling mean"):
         encode(tmp_path / "onnx", src, tmp_path / "e.npy", graph="model.onnx", progress=False)
+    # The deployment graph's RoPE caches end at max_position_embeddings: a longer --max-length is refused up front.
+    too_long = model.config.max_position_embeddings + 1
+    with pytest.raises(ValueError, match=rf"--max-length {too_long} exceeds .*max_position_embeddings"):
+        predict(tmp_path / "onnx", src, tmp_path / "p.csv", max_length=too_long, progress=False)
+    predict(tmp_path / "onnx", src, tmp_path / "p.csv", graph="model.onnx", max_length=too_long, progress=False)
 
 
 def test_token_classification_writes_entity_spans(tmp_path):
@@ -186,6 +191,11 @@ def test_bad_input_is_named(tmp_path, classifier, capsys):
         predict(encoder_folder, src, tmp_path / "out.jsonl", progress=False)
     assert main(["encode", str(tmp_path / "missing"), str(src), "-o", str(tmp_path / "e.npy")]) == 2
     assert "No model folder" in capsys.readouterr().err
+    same = _write_csv(tmp_path / "same.csv", ["the cat", "a dog"])
+    before = same.read_bytes()
+    with pytest.raises(ValueError, match=r"is the input file"):
+        predict(folder, same, tmp_path / "." / "same.csv", progress=False)
+    assert same.read_bytes() == before  # the user's data is untouched
 
 
 def test_cli_predict_and_encode(tmp_path, classifier, capsys):

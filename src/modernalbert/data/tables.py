@@ -9,10 +9,15 @@ time. Nothing reads a whole file into memory.
 
 Formats (:data:`TABLE_FORMATS`), chosen by the suffix or given with ``format=``:
 
-* ``csv`` (``.csv``) and ``tsv`` (``.tsv``, ``.tab``): a header line naming the columns, then one record per row,
-  parsed by Python's :mod:`csv` with its default (Excel) dialect, i.e. the quoting ``pandas.to_csv`` writes and
-  ``pandas.read_csv`` reads: a field in double quotes may hold the delimiter, newlines and doubled quotes. Values are
-  strings, exactly as written (an empty field is ``""``). A row with more or fewer fields than the header is an error.
+* ``csv`` (``.csv``): a header line naming the columns, then one record per row, parsed by Python's :mod:`csv` with
+  its default (Excel) dialect, i.e. the quoting ``pandas.to_csv`` writes and ``pandas.read_csv`` reads: a field in
+  double quotes may hold the delimiter, newlines and doubled quotes.
+* ``tsv`` (``.tsv``, ``.tab``): a header line, then one record per line, fields split at tabs with **no quoting**
+  (IANA ``text/tab-separated-values``, and how GLUE's TSV files are read): a quote is an ordinary character, kept as
+  written, so a stray quote in a sentence cannot join lines; a field cannot hold a tab or a newline (write such data
+  as CSV or JSON Lines).
+* For both, values are strings exactly as written (an empty field is ``""``), and a row with more or fewer fields
+  than the header is an error.
 * ``jsonl`` (``.jsonl``, ``.ndjson``, ``.json``): one JSON object per line (JSON Lines, what ``datasets``'
   ``to_json`` writes); blank lines are skipped. A ``.json`` file holding one JSON array is refused with the fix
   (arrays cannot be streamed line by line).
@@ -267,7 +272,10 @@ class Table:
             raise TableError(str(err)) from None
 
     def _csv_records(self) -> Iterator[tuple[int, list[str]]]:
-        reader = csv.reader(self._lines(), delimiter="\t" if self.format == "tsv" else ",")
+        if self.format == "tsv":  # no quoting: see the module docstring
+            reader = csv.reader(self._lines(), delimiter="\t", quoting=csv.QUOTE_NONE)
+        else:
+            reader = csv.reader(self._lines(), delimiter=",")
         try:
             for record in reader:
                 if record:  # csv.reader gives [] for a blank line
@@ -295,9 +303,11 @@ class Table:
         names = [header[i] for i in keep]
         for line, record in records:
             if len(record) != len(header):
-                kind = "tab" if self.format == "tsv" else "comma"
+                fix = ("a TSV field cannot hold a tab or a newline (TSV has no quoting): fix the row, or write the "
+                       "data as CSV or JSON Lines" if self.format == "tsv" else
+                       "quote a field that holds a comma or a newline, or fix the row")
                 raise TableError(f"{self.name}, line {line}: {len(record)} fields, the header has {len(header)}; "
-                                 f"quote a field that holds a {kind} or a newline, or fix the row.")
+                                 f"{fix}.")
             yield f"{self.name}, line {line}", {n: record[i] for n, i in zip(names, keep)}
 
     def _jsonl_rows(self, columns: Sequence[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -368,7 +368,7 @@ def finetune_on_files(model: str, task: FileTask, train: str, *, validation: str
 
     Raises:
         TableError: Bad data (the file, line or row, column and fix named); ValueError: an unknown task, a tokenizer
-            that cannot pad; FileNotFoundError: a missing model or file.
+            that cannot pad, an ``output_dir`` that is a file; FileNotFoundError: a missing model or file.
     """
     from accelerate.utils import set_seed
 
@@ -378,6 +378,9 @@ def finetune_on_files(model: str, task: FileTask, train: str, *, validation: str
 
     if task not in FILE_TASKS:
         raise ValueError(f"Unknown task {task!r}: choose one of {list(FILE_TASKS)}.")
+    if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
+        # Checked before training, not found at the save after it.
+        raise ValueError(f"--output-dir {output_dir} is a file, not a folder: name a folder (new or existing).")
     data, cfg, start = data or FileDataConfig(), cfg or FinetuneConfig(), time.perf_counter()
     if task == "regression" and data.labels is not None:
         raise ValueError(f"labels={list(data.labels)} (--labels) names classes, but regression predicts a number; "

@@ -65,6 +65,26 @@ def _setup(model: str | os.PathLike | Runner, output: str, graph: str | None, po
     return runner, load_tokenizer(model)
 
 
+def _checked_max_length(runner: Runner, max_length: int | None) -> int:
+    """``max_length``, or the model's ``max_position_embeddings``; a deployment graph cannot go beyond that (its
+    RotaryEmbedding caches hold that many positions), so a longer limit is refused there rather than crashing."""
+    limit = runner.config.max_position_embeddings
+    if max_length is None:
+        return limit
+    if max_length > limit and "deploy" in runner.kind:
+        raise ValueError(f"--max-length {max_length} exceeds the model's max_position_embeddings ({limit}), the most "
+                         f"the deployment graph ({runner.kind}) can take: use --max-length {limit} or less, or the "
+                         "PyTorch model / `--graph model.onnx`.")
+    return max_length
+
+
+def _refuse_overwriting_input(source: str | os.PathLike, output: str | os.PathLike) -> None:
+    src = Path(source)
+    if src.is_file() and src.resolve() == Path(output).resolve():
+        raise ValueError(f"The output {output} is the input file: writing it would replace your data. Write the "
+                         "output to another path.")
+
+
 def _run_stream(runner: Runner, items: Iterator[dict[str, Any]], pad_id: int, bar: Any, *, per_token: bool,
                 chunk_size: int, max_tokens: int | None, batch_size: int | None
                 ) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
@@ -112,6 +132,7 @@ def predict(model: str | os.PathLike, source: str | os.PathLike, output: str | o
             pair for token classification.
     """
     output_format(output, RECORD_FORMATS, "predictions")
+    _refuse_overwriting_input(source, output)
     runner, tokenizer = _setup(model, "logits", graph, "mean", threads)
     task = task_of(runner.config, runner.architecture)
     names = label_names(runner.config)
@@ -121,7 +142,7 @@ def predict(model: str | os.PathLike, source: str | os.PathLike, output: str | o
     if tokens and not getattr(tokenizer, "is_fast", False):
         raise ValueError("Entity spans need a fast tokenizer (character offsets); save the model with one.")
     rows = _rows(source, text_column, text_pair_column, format=format, split=split)
-    items = _encoded(rows, tokenizer, max_length or runner.config.max_position_embeddings, chunk_size, tokens)
+    items = _encoded(rows, tokenizer, _checked_max_length(runner, max_length), chunk_size, tokens)
     with _progress(f"predict ({runner.kind})", progress) as bar, record_writer(output) as writer:
         for item, logits in _run_stream(runner, items, tokenizer.pad_token_id, bar, per_token=tokens,
                                         chunk_size=chunk_size, max_tokens=max_tokens, batch_size=batch_size):
@@ -164,12 +185,13 @@ def encode(model: str | os.PathLike, source: str | os.PathLike, output: str | os
     from ..evaluation.beir.embedding import resolve_model
 
     output_format(output, EMBEDDING_FORMATS, "embeddings")
+    _refuse_overwriting_input(source, output)
     path, chosen, norm = resolve_model(model, pooling, normalize)
     runner, tokenizer = _setup(path, "sentence_embedding", graph, chosen, threads)
     if runner.kind.startswith("onnx"):
         _check_graph_pooling(Path(path), runner, chosen, explicit=pooling is not None)
     rows = _rows(source, text_column, None, format=format, split=split)
-    items = _encoded(rows, tokenizer, max_length or runner.config.max_position_embeddings, chunk_size, False)
+    items = _encoded(rows, tokenizer, _checked_max_length(runner, max_length), chunk_size, False)
     with _progress(f"encode ({runner.kind})", progress) as bar, embedding_writer(output) as writer:
         stream = _run_stream(runner, items, tokenizer.pad_token_id, bar, per_token=False, chunk_size=chunk_size,
                              max_tokens=max_tokens, batch_size=batch_size)
