@@ -315,6 +315,10 @@ def test_an_unknown_task_and_a_bad_label_type_in_python(tiny_model, tmp_path):
         finetune_on_files(str(tiny_model), "ner", train)  # type: ignore[arg-type]
     with pytest.raises(TableError, match=r"t.jsonl, line 1: the label in column 'label' is a bool"):
         finetune_on_files(str(tiny_model), "classification", train)
+    mixed = _write(tmp_path / "m.jsonl", '{"text": "a", "label": "good"}\n{"text": "b", "label": 1}\n')
+    with pytest.raises(TableError, match=r"m.jsonl, line 2: the label .* is the number 1, but .*m.jsonl, line 1 has "
+                                         r"the string 'good'"):
+        finetune_on_files(str(tiny_model), "classification", mixed)
     with pytest.raises(ValueError, match=r"--output-dir .*t.jsonl is a file, not a folder"):  # before training
         finetune_on_files(str(tiny_model), "classification", train, output_dir=str(train))
 

@@ -119,6 +119,18 @@ def _words(value: Any, where: str, column: str, what: str) -> list[Any]:
     return list(value)
 
 
+def _same_label_kind(first: tuple[str, Any], where: str, value: Any, column: str) -> None:
+    """Typed files (JSON Lines, Parquet) give labels as numbers or strings: ``1`` and ``"good"`` in one column would
+    silently become two unrelated classes ``"1"`` and ``"good"``."""
+    def kind(v: Any) -> str:
+        return "number" if isinstance(v, (int, float)) and not isinstance(v, bool) else "string"
+
+    if kind(value) != kind(first[1]):
+        raise TableError(f"{where}: the label in column {column!r} is the {kind(value)} {value!r}, but {first[0]} "
+                         f"has the {kind(first[1])} {first[1]!r}; give every label the same type (all class names or "
+                         "all integer ids).")
+
+
 def read_examples(table: Table, task: str, data: FileDataConfig) -> Iterator[tuple[str, dict[str, Any]]]:
     """``(where, example)`` for every row of ``table``, checked: ``{"texts": (a,) or (a, b), "label": raw}`` for
     classification (the label as a name) and regression (a float), ``{"words", "tags"}`` for token classification.
@@ -128,8 +140,12 @@ def read_examples(table: Table, task: str, data: FileDataConfig) -> Iterator[tup
     """
     text, pair, label = _columns(task, data)
     names = table.label_names(label)
+    first: tuple[str, Any] | None = None  # (where, value) of the first class label: typed files must not mix kinds
     for where, row in table.located_rows([c for c in (text, pair, label) if c is not None]):
         value = cell_value(row, label, where)
+        if task == "classification":
+            first = first or (where, value)
+            _same_label_kind(first, where, value, label)
         if task == "token-classification":
             words = [str(w) for w in _words(row.get(text), where, text, "words")]
             tags = _words(value, where, label, "tags")
