@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ..export.onnx import DEFAULT_OPSET, INPUT_DTYPES, POOLINGS
@@ -70,11 +71,9 @@ def run(args: argparse.Namespace) -> int:
         from ..export.onnx import (
             OnnxExportError,
             OnnxMismatchError,
-            compare_onnx,
             export_onnx,
             quantize_int8,
             synthetic_batches,
-            verify_onnx,
         )
         from ..model.loading import load_pretrained, load_tokenizer
         from ..model.modeling import ModernAlbertModel
@@ -95,20 +94,15 @@ def run(args: argparse.Namespace) -> int:
     report: dict[str, dict] = {}
     batches = synthetic_batches(model)
     try:
-        with stages.stage("export to ONNX (torch.export, ONNX translation, weight folding)"):
-            fp32 = export_onnx(model, out / "model.onnx", opset=args.opset, pooling=args.pooling,
-                               token_type_ids=token_type_ids, input_dtype=args.input_dtype)
-        report[fp32.name] = {"verified": verify, "inputs": _inputs(fp32)}
-        if verify:
-            with stages.stage("verify model.onnx against PyTorch (ONNX Runtime)"):
-                report[fp32.name]["max_abs_diff"] = verify_onnx(model, fp32, batches)
-        if args.int8:
-            with stages.stage("quantise to int8 and check the graph"):
-                int8 = quantize_int8(fp32, out / "model.int8.onnx")
-            report[int8.name] = {}
-            if verify:
-                with stages.stage("compare model.int8.onnx with model.onnx"):
-                    report[int8.name] = compare_onnx(fp32, int8, batches)
+        fp32 = out / "model.onnx"
+        report.update(_graph_and_int8(
+            model, stages, batches, verify,
+            ("export to ONNX (torch.export, ONNX translation, weight folding)",
+             lambda: export_onnx(model, fp32, opset=args.opset, pooling=args.pooling, token_type_ids=token_type_ids,
+                                 input_dtype=args.input_dtype)),
+            ("quantise to int8 and check the graph", lambda: quantize_int8(fp32, out / "model.int8.onnx"))
+            if args.int8 else None))
+        report[fp32.name]["inputs"] = _inputs(fp32)
         if args.deploy:
             report.update(_deploy(model, out, args, stages, batches, verify, token_type_ids))
     except (OnnxExportError, OnnxMismatchError) as err:
@@ -133,24 +127,37 @@ def run(args: argparse.Namespace) -> int:
 def _deploy(model, out: Path, args: argparse.Namespace, stages: Stages, batches: list, verify: bool,
             token_type_ids: bool) -> dict:
     """Write (and check) model.deploy.onnx and, with --int8, model.deploy.int8.onnx; their report entries."""
-    from ..export.onnx import compare_onnx, verify_onnx
     from ..export.ort_graph import quantize_deployment_graph, write_deployment_graph
 
-    report: dict[str, dict] = {}
-    with stages.stage("write the deployment graph (ONNX Runtime contrib operators)"):
-        deploy = write_deployment_graph(model, out / "model.deploy.onnx", pooling=args.pooling or "mean",
-                                        input_dtype=args.input_dtype, token_type_ids=token_type_ids)
-    report[deploy.name] = {"verified": verify}
+    deploy = out / "model.deploy.onnx"
+    return _graph_and_int8(
+        model, stages, batches, verify,
+        ("write the deployment graph (ONNX Runtime contrib operators)",
+         lambda: write_deployment_graph(model, deploy, pooling=args.pooling or "mean", input_dtype=args.input_dtype,
+                                        token_type_ids=token_type_ids)),
+        ("quantise the deployment graph to int8 (per channel) and check it",
+         lambda: quantize_deployment_graph(deploy, out / "model.deploy.int8.onnx")) if args.int8 else None)
+
+
+def _graph_and_int8(model, stages: Stages, batches: list, verify: bool, write: tuple[str, Callable[[], Path]],
+                    quantize: tuple[str, Callable[[], Path]] | None) -> dict:
+    """One graph and its optional int8 form, each a stage: write it (and verify it against PyTorch), quantise it
+    (and compare the int8 graph with it). Returns their report entries, keyed by file name."""
+    from ..export.onnx import compare_onnx, verify_onnx
+
+    with stages.stage(write[0]):
+        graph = write[1]()
+    report: dict[str, dict] = {graph.name: {"verified": verify}}
     if verify:
-        with stages.stage("verify model.deploy.onnx against PyTorch (ONNX Runtime)"):
-            report[deploy.name]["max_abs_diff"] = verify_onnx(model, deploy, batches)
-    if args.int8:
-        with stages.stage("quantise the deployment graph to int8 (per channel) and check it"):
-            int8 = quantize_deployment_graph(deploy, out / "model.deploy.int8.onnx")
+        with stages.stage(f"verify {graph.name} against PyTorch (ONNX Runtime)"):
+            report[graph.name]["max_abs_diff"] = verify_onnx(model, graph, batches)
+    if quantize is not None:
+        with stages.stage(quantize[0]):
+            int8 = quantize[1]()
         report[int8.name] = {}
         if verify:
-            with stages.stage("compare model.deploy.int8.onnx with model.deploy.onnx"):
-                report[int8.name] = compare_onnx(deploy, int8, batches)
+            with stages.stage(f"compare {int8.name} with {graph.name}"):
+                report[int8.name] = compare_onnx(graph, int8, batches)
     return report
 
 
