@@ -33,4 +33,5 @@ bench: setup
 	$(PYTHON) benchmarks/merge.py
 	$(PYTHON) benchmarks/train_step.py
 	$(PYTHON) benchmarks/encoder.py
+	$(PYTHON) benchmarks/deploy.py
 	$(PYTHON) benchmarks/cli_help.py

@@ -11,9 +11,11 @@ initialised (nothing is downloaded); dropout is 0 everywhere.
 
 Sections:
 
-* ``geometry``: ``transformers.ModernBertModel`` (the baseline; global attention in every layer,
-  ``global_attn_every_n_layers=1``) against ``ModernAlbertModel`` with the same d / f / heads / depth / vocabulary,
-  one layer per block (G = 1), no MoL, no embedding factorisation. ``--compile`` adds ``torch.compile`` of ours.
+* ``geometry``: ``transformers.ModernBertModel`` (the baseline) against ``ModernAlbertModel`` with the same d / f /
+  heads / depth / vocabulary, one layer per block (G = 1), no MoL, no embedding factorisation; both with global
+  attention in every layer (``global_attn_every_n_layers=1``: at these lengths, <= 512, the comparison is of the
+  layers, not of the attention pattern, which the ``long`` section measures). ``--compile`` adds ``torch.compile``
+  of ours.
 * ``tiny``: randomly initialised ``BertModel`` with BERT-base shapes (the baseline) and ``AlbertModel`` with
   ALBERT-base shapes (d = 768, 12 layers, 12 heads, f = 3072; ALBERT: e = 128, one shared layer), against the
   ``tiny`` preset as published (d = 768, L = 16, G = 2, MoL at groups 5 and 6), and for inference the same model
@@ -21,6 +23,14 @@ Sections:
 * ``mfu``: the encoder forward of both geometry models at batch 32 x 128, against a matmul peak re-measured in
   every round (the median of the per-round MFUs is reported), with a profile of ours that says where the time goes
   (matmul, attention kernel, the rest) and how fast its matmuls run against the peak.
+* ``long``: ModernBERT's long-context workloads at the geometry section's shapes, both models at ModernBERT's default
+  attention pattern (global attention every ``--long-every`` = 3rd layer from layer 0, a ``--long-window`` = 128-token
+  sliding window elsewhere, RoPE bases 160,000 global / 10,000 local): ``transformers.ModernBertModel`` (the
+  baseline; a dense sliding-window mask over the padded batch) against ``ModernAlbertModel`` (G = 1, no MoL, no
+  factorisation; global layers per sequence, local layers blocked in O(N w)). Workloads: ``fixed`` =
+  ``--long-fixed-batch`` rows of ``--long-seq`` = 8,192 tokens; ``variable`` = ``--long-var-batch`` rows with lengths
+  ~ N(4096, 1024), rounded and clamped to [``--long-min-len``, ``--long-seq``] (seeded), right-padded. Run it alone
+  with ``--sections long``.
 
 Workloads: ``fixed`` = batches of ``--seq`` (512) real tokens per row; ``variable`` = lengths ~ N(256, 64) rounded
 and clamped to [16, 512], right-padded to the batch's longest row (the same padded batch goes to every model).
@@ -30,13 +40,15 @@ states (mean square) + ``AdamW.step`` + ``zero_grad``.
 Model FLOPs, counted analytically on real tokens only (identical for every model of the same shapes, so MFU ratios
 equal throughput ratios; padding is never counted as useful work):
 
-    forward FLOPs = sum over sequences of  2 * P * l  +  4 * d * n_layers * l^2
+    forward FLOPs = sum over sequences of  2 * P * l  +  4 * d * (n_global * l^2 + n_local * pairs(l, w))
 
-where l is a sequence's real length, P the parameters a token is multiplied by in matmuls (attention Wqkv and Wo,
-FFN, the factorised embedding's projection; for MoL the router and the k routed experts' LoRA factors: *active*
-parameters, not the dense executor's E experts) and 4 * d * l per token per layer the attention scores and the
-weighted sum. A training step counts 3 x the forward. MFU = model FLOPs / s / the machine's fp32 (or --dtype)
-matmul peak, measured here as the best of repeated large square matmuls.
+where l is a sequence's real length, pairs(l, w) the (query, key) pairs at most w positions apart in it (a local
+layer's useful scores, w its half-window; n_local = 0 outside the ``long`` section), P the parameters a token is
+multiplied by in matmuls (attention Wqkv and Wo, FFN, the factorised embedding's projection; for MoL the router and
+the k routed experts' LoRA factors: *active* parameters, not the dense executor's E experts) and 4 * d per (query,
+key) pair per layer the attention scores and the weighted sum. A training step counts 3 x the forward. MFU = model
+FLOPs / s / the machine's fp32 (or --dtype) matmul peak, measured here as the best of repeated large square
+matmuls.
 
 Peak memory: CUDA: ``torch.cuda.max_memory_allocated`` over one call, minus what was allocated before. CPU
 (Linux): freed heap pages are returned (``malloc_trim``), the process's peak-RSS mark is reset
@@ -49,6 +61,8 @@ the mark cannot be reset, the ``ru_maxrss`` delta (a lower bound). Measured in a
     python benchmarks/encoder.py --layers 22           # ModernBERT-base depth (slow on CPU)
     python benchmarks/encoder.py --device cuda --dtype bfloat16 --fixed-batch 32 --var-batch 64
     python benchmarks/encoder.py --json out.json --markdown out.md
+    python benchmarks/encoder.py --sections long --rounds 3 --no-train          # long context, inference
+    python benchmarks/encoder.py --sections long --train-rounds 2 --no-inference  # long context, training step
 """
 
 from __future__ import annotations
@@ -144,9 +158,21 @@ class Entry:
     hidden: int  # d
     notes: str = ""
     parameters: int = 0
+    local_layers: int = 0  # of ``layers``, those attending through a sliding window
+    half_window: int = 0  # w: a local layer's query sees the keys at most w positions away
 
     def forward_flops(self, lengths: list[int]) -> float:
-        return float(sum(2 * self.matmul_params * n + 4 * self.hidden * self.layers * n * n for n in lengths))
+        """Useful forward FLOPs on real tokens (module docstring): matmuls, global and local attention."""
+        glob = self.layers - self.local_layers
+        return float(sum(2 * self.matmul_params * n + 4 * self.hidden * (
+            glob * n * n + self.local_layers * window_pairs(n, self.half_window)) for n in lengths))
+
+
+def window_pairs(n: int, w: int) -> int:
+    """(query, key) pairs of an n-token sequence at most w positions apart: n + 2 * sum_{k=1..m} (n - k), m =
+    min(w, n - 1) (the scores a sliding-window layer needs)."""
+    m = max(min(w, n - 1), 0)
+    return n + 2 * m * n - m * (m + 1)
 
 
 def modernalbert_matmul_params(model: ModernAlbertModel) -> int:
@@ -194,7 +220,7 @@ def geometry_models(args: argparse.Namespace) -> list[Entry]:
     ours = ModernAlbertModel(ModernAlbertConfig(
         **tokens, mask_token_id=3, hidden_size=args.d, intermediate_size=args.f, num_hidden_layers=args.layers,
         num_attention_heads=args.heads, embedding_size=None, group_depth=1, mol_groups=[],
-        max_position_embeddings=max(512, args.seq), attn_implementation=attn,
+        global_attn_every_n_layers=1, max_position_embeddings=max(512, args.seq), attn_implementation=attn,
     ))
     P = bert_matmul_params(args.d, 0, args.layers) + args.layers * 3 * args.d * args.f  # 4 d^2 + 3 d f per layer
     assert modernalbert_matmul_params(ours) == P
@@ -202,6 +228,31 @@ def geometry_models(args: argparse.Namespace) -> list[Entry]:
         Entry("ModernBERT (HF)", hf, P, args.layers, args.d, notes=f"attn={attn}"),
         Entry("ModernAlbert G=1", ours, P, args.layers, args.d, notes=f"attn={attn}"),
     ]
+
+
+def long_models(args: argparse.Namespace) -> list[Entry]:
+    """The geometry section's shapes, both models at ModernBERT's default attention pattern (``--long-every``,
+    ``--long-window``; RoPE bases 160,000 / 10,000, both models' defaults) and an 8,192-token context."""
+    tokens = dict(vocab_size=args.vocab, pad_token_id=PAD, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+                  sep_token_id=2)
+    attn = hf_attention(args)
+    shapes = dict(hidden_size=args.d, intermediate_size=args.f, num_hidden_layers=args.layers,
+                  num_attention_heads=args.heads, global_attn_every_n_layers=args.long_every,
+                  local_attention=args.long_window, max_position_embeddings=max(8192, args.long_seq),
+                  attn_implementation=attn)
+    torch.manual_seed(0)
+    hf = ModernBertModel(ModernBertConfig(**tokens, **shapes))
+    torch.manual_seed(0)
+    ours = ModernAlbertModel(ModernAlbertConfig(**tokens, **shapes, mask_token_id=3, embedding_size=None,
+                                                group_depth=1, mol_groups=[]))
+    for key in ("layer_types", "sliding_window", "rope_parameters"):  # the same attention pattern in both
+        assert getattr(hf.config, key) == getattr(ours.config, key), key
+    P = modernalbert_matmul_params(ours)
+    local = ours.config.layer_types.count("sliding_attention")
+    w = ours.config.sliding_window
+    notes = f"attn={attn}, {args.layers - local} global + {local} local layers"
+    return [Entry("ModernBERT (HF)", hf, P, args.layers, args.d, notes=notes, local_layers=local, half_window=w),
+            Entry("ModernAlbert G=1", ours, P, args.layers, args.d, notes=notes, local_layers=local, half_window=w)]
 
 
 def tiny_models(args: argparse.Namespace) -> list[Entry]:
@@ -412,8 +463,10 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     titles = {"geometry": "ModernAlbert (G = 1) vs Hugging Face ModernBERT, identical geometry: " + report["geometry"],
-              "tiny": "ModernAlbert tiny vs BERT-base / ALBERT-base shapes"}
-    for section in ("geometry", "tiny"):
+              "tiny": "ModernAlbert tiny vs BERT-base / ALBERT-base shapes",
+              "long": "Long context: ModernAlbert (G = 1) vs Hugging Face ModernBERT, both at ModernBERT's attention "
+                      "pattern: " + report.get("long_geometry", "")}
+    for section in ("geometry", "tiny", "long"):
         rows = [r for r in report["rows"] if r["section"] == section]
         if not rows:
             continue
@@ -480,13 +533,28 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls per model and workload")
     ap.add_argument("--rounds", type=int, default=5, help="timed inference rounds")
     ap.add_argument("--train-rounds", type=int, default=3, help="timed training rounds")
-    ap.add_argument("--sections", default="geometry,tiny,mfu", help="comma-separated subset of geometry,tiny,mfu")
+    ap.add_argument("--sections", default="geometry,tiny,mfu",
+                    help="comma-separated subset of geometry,tiny,mfu,long (long: the long-context section, off by "
+                         "default for its length; --sections long runs it alone)")
+    ap.add_argument("--long-seq", type=int, default=8192, help="long section: fixed length, variable lengths' cap")
+    ap.add_argument("--long-fixed-batch", type=int, default=1, help="long section: rows of the fixed batch")
+    ap.add_argument("--long-var-batch", type=int, default=4, help="long section: rows of the variable batch")
+    ap.add_argument("--long-var-mean", type=float, default=4096.0)
+    ap.add_argument("--long-var-std", type=float, default=1024.0)
+    ap.add_argument("--long-min-len", type=int, default=512, help="long section: lower clamp of variable lengths")
+    ap.add_argument("--long-window", type=int, default=128, help="long section: local_attention (tokens)")
+    ap.add_argument("--long-every", type=int, default=3, help="long section: global_attn_every_n_layers")
     ap.add_argument("--no-train", action="store_true", help="inference only")
+    ap.add_argument("--no-inference", action="store_true",
+                    help="training steps only (a long section's training half as a run of its own)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory calls")
     ap.add_argument("--compile", action="store_true", help="add torch.compile(ModernAlbert G=1) to inference")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: defaults of 2 layers, small batches, 2 rounds, tiny section inference only")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    ap.add_argument("--peak-size", type=int, default=None,
+                    help="n of the n x n x n matmul probing the peak (default 2048 on CPU, 4096 on CUDA; smaller "
+                         "only for smoke runs: small matmuls do not reach the peak)")
     ap.add_argument("--clock", default="wall", choices=["wall", "process"],
                     help="process: CPU seconds of all threads instead of wall-clock seconds (CPU only; meaningful "
                          "with the default OMP_WAIT_POLICY=PASSIVE, under which waiting threads do not spin)")
@@ -520,9 +588,12 @@ def main() -> None:
             raise SystemExit("CPU runs are fp32 only here (use --device cuda for bfloat16 / float16).")
     dtype = getattr(torch, args.dtype)
     sections = set(args.sections.split(","))
+    if sections - {"geometry", "tiny", "mfu", "long"}:
+        raise SystemExit(f"--sections {args.sections}: expected a comma-separated subset of geometry,tiny,mfu,long.")
     t_start = time.perf_counter()
 
-    peak = matmul_peak(device, dtype, 4096 if device.type == "cuda" else 2048, 20 if device.type == "cuda" else 8)
+    peak_n = args.peak_size or (4096 if device.type == "cuda" else 2048)
+    peak = matmul_peak(device, dtype, peak_n, 20 if device.type == "cuda" else 8)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         _cpu_name() + f", {torch.get_num_threads()} threads")
     print(f"{dev_name}: measured {args.dtype} matmul peak {peak / 1e9:.0f} GFLOP/s", flush=True)
@@ -557,7 +628,9 @@ def main() -> None:
             e.model.to(device, dtype if mode == "inference" else torch.float32)
             e.parameters = sum(p.numel() for p in e.model.parameters())
 
-    modes = ["inference"] + ([] if args.no_train else ["training"])
+    modes = ([] if args.no_inference else ["inference"]) + ([] if args.no_train else ["training"])
+    if not modes:
+        raise SystemExit("--no-train and --no-inference together leave nothing to measure.")
     if "geometry" in sections:
         for w in workloads:
             report["workloads"][f"geometry {w.name}"] = w.describe()
@@ -594,11 +667,13 @@ def main() -> None:
             save(report, args, t_start)
             del entries, extra
             gc.collect()
+    if "long" in sections:
+        long_section(args, device, peak, modes, report, cast, t_start)
     if "mfu" in sections:
         report["mfu"] = mfu_section(args, device, peak)
     # One probe of the peak can land on a slow moment of a shared machine (a low peak inflates every MFU, even
     # past 100 %); probe again at the end and divide every row by the best probe of the run.
-    final_peak = max(peak, matmul_peak(device, dtype, 4096 if device.type == "cuda" else 2048,
+    final_peak = max(peak, matmul_peak(device, dtype, peak_n,
                                        20 if device.type == "cuda" else 8))
     if "mfu" in report:
         final_peak = max(final_peak, max(report["mfu"]["round_peaks_gflops"]) * 1e9)
@@ -609,6 +684,31 @@ def main() -> None:
     for v in report.get("mfu", {}).get("models", {}).values():
         v["best_round_mfu"] *= peak / final_peak
     save(report, args, t_start, final=True)
+
+
+def long_section(args: argparse.Namespace, device: torch.device, peak: float, modes: list[str],
+                 report: dict[str, Any], cast: Callable[[list[Entry], str], None], t_start: float) -> None:
+    """ModernBERT's long-context workloads (fixed ``--long-seq``; lengths ~ N(4096, 1024)), both models at its
+    default attention pattern, inference and training step, rows added to ``report``."""
+    var = variable_lengths(args.long_var_batch, args.long_var_mean, args.long_var_std, args.long_min_len,
+                           args.long_seq, seed=5)
+    workloads = [make_workload(f"fixed {args.long_seq}", [args.long_seq] * args.long_fixed_batch, 6, device,
+                               args.vocab),
+                 make_workload("variable", var, 7, device, args.vocab)]
+    for w in workloads:
+        report["workloads"][f"long {w.name}"] = w.describe()
+    for mode in modes:
+        entries = long_models(args)
+        cast(entries, mode)
+        report["long_geometry"] = (f"d={args.d}, f={args.f}, heads={args.heads}, layers={args.layers}, "
+                                   f"vocab={args.vocab}; {entries[0].notes.split(', ', 1)[1]}, window "
+                                   f"{args.long_window} (RoPE 160,000 / 10,000)")
+        print(f"long section: {report['long_geometry']}", flush=True)
+        rows = run_section("long", entries, workloads, mode, args, device, peak)
+        report["rows"] += [r.__dict__ for r in rows]
+        save(report, args, t_start)
+        del entries
+        gc.collect()
 
 
 def save(report: dict[str, Any], args: argparse.Namespace, t_start: float, final: bool = False) -> None:

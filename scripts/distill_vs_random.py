@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 from modernalbert.training.recipe import Recipe
@@ -37,6 +38,7 @@ def main() -> None:
     out = Path(args.out)
     results = {}
     for name, init in (("distill-init", True), ("random-init", False)):
+        shutil.rmtree(out / name, ignore_errors=True)  # a fresh pair of runs each time (pretraining never overwrites)
         recipe = Recipe.load(args.recipe, [*args.overrides, f"teacher.init={str(init).lower()}",
                                            f"train.steps={args.steps}", f"train.eval_every={args.eval_every}",
                                            f"train.save_every={args.steps}", f"output_dir={out / name}",

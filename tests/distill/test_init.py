@@ -83,6 +83,29 @@ def test_modernbert_teacher_is_reproduced_by_a_g1_student():
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # teacher untouched
 
 
+def test_a_default_modernbert_teacher_gives_its_attention_pattern_to_the_student():
+    """ModernBERT at its default attention pattern (global every third layer, a 128-token window, RoPE bases
+    160,000 / 10,000): the G = 1 student takes it on a copy of its config (the one passed in keeps its own) and
+    reproduces the teacher's MLM logits on rows longer than the window."""
+    teacher = ModernBertForMaskedLM(ModernBertConfig(
+        vocab_size=VOCAB, hidden_size=D, intermediate_size=F, num_hidden_layers=6, num_attention_heads=HEADS,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)).eval()
+    _randomise_norms(teacher)
+    config = student_config(num_hidden_layers=6, group_depth=1, embedding_size=None, mol_groups=[],
+                            intermediate_size=F, max_position_embeddings=8192, global_attn_every_n_layers=1)
+    student, report = init_from_teacher(teacher, config)
+    assert config.layer_types == ["full_attention"] * 6  # untouched
+    assert student.config.layer_types == teacher.config.layer_types  # F S S F S S
+    assert student.config.local_attention == 128 and student.config.rope_parameters == teacher.config.rope_parameters
+    assert any("attention pattern from the teacher" in n for n in report.notes)
+    ids, mask = padded_batch(VOCAB, lengths=(300, 140, 7))
+    with torch.no_grad():
+        ref = teacher(ids, attention_mask=mask).logits
+        out = student.eval()(ids, attention_mask=mask).logits
+    real = mask.bool()
+    torch.testing.assert_close(out[real], ref[real], rtol=0, atol=1e-5)
+
+
 def test_modernbert_with_other_heads_and_ffn_maps_what_fits():
     teacher = ModernBertForMaskedLM(modernbert_config(num_hidden_layers=4)).eval()
     config = student_config(num_attention_heads=2, intermediate_size=48)

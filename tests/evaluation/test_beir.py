@@ -90,7 +90,7 @@ def test_ndcg_by_hand_graded_ties_and_a_missed_query():
     ndcg = {"q1": dcg_q1 / idcg_q1, "q2": 0.0, "q3": (1 / math.log2(4)) / 1.0, "q4": 0.0}  # q3: d3, d2, d1
     assert ndcg["q1"] == pytest.approx(0.722424, abs=1e-6)
 
-    out = retrieval_metrics(qrels, run, per_query=True)
+    out = retrieval_metrics(qrels, run, per_query=True, semantics="trec_eval")
     for q, value in ndcg.items():
         assert out["per_query"][q]["ndcg_cut_10"] == pytest.approx(value, abs=1e-9)
     assert out["ndcg_cut_10"] == pytest.approx(sum(ndcg.values()) / 4, abs=1e-9)
@@ -98,6 +98,11 @@ def test_ndcg_by_hand_graded_ties_and_a_missed_query():
     # Recall@100 and MAP by hand: q1 finds 2 of its 3 relevant at ranks 1, 2; q3 finds its one at rank 3.
     assert out["recall_100"] == pytest.approx((2 / 3 + 0 + 1 + 0) / 4)
     assert out["map"] == pytest.approx(((1 / 1 + 2 / 2) / 3 + 0 + 1 / 3 + 0) / 4)
+    # BEIR's semantics (the default): q4, judged but absent from the run, is left out of the means.
+    beir_out = retrieval_metrics(qrels, run, per_query=True)
+    assert beir_out["semantics"] == "beir" and beir_out["num_queries"] == 3 and "q4" not in beir_out["per_query"]
+    assert beir_out["num_judged_queries"] == 4 and beir_out["judged_queries_without_hits"] == 1
+    assert beir_out["ndcg_cut_10"] == pytest.approx((ndcg["q1"] + ndcg["q2"] + ndcg["q3"]) / 3, abs=1e-9)
 
     # the same per-query values as pytrec_eval itself (which leaves out queries missing from the run)
     direct = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100", "map"}).evaluate(run)
@@ -124,6 +129,40 @@ def test_metrics_equal_pytrec_eval_on_random_runs():
 def test_metrics_reject_empty_qrels():
     with pytest.raises(ValueError, match="qrels are empty"):
         retrieval_metrics({}, {"q": {"d": 1.0}})
+    with pytest.raises(ValueError, match="semantics='trec' is invalid"):
+        retrieval_metrics({"q": {"d": 1}}, {"q": {"d": 1.0}}, semantics="trec")
+    with pytest.raises(ValueError, match="nothing to average"):  # BEIR semantics, no judged query ranked
+        retrieval_metrics({"q": {"d": 1}}, {"other": {"d": 1.0}})
+    assert retrieval_metrics({"q": {"d": 1}}, {}, semantics="trec_eval")["ndcg_cut_10"] == 0.0
+
+
+def _beir_reference(qrels, run, k_values, ignore_identical_ids):
+    """What BEIR's EvaluateRetrieval.evaluate computes, step by step on pytrec_eval: drop identical ids, evaluate
+    the run as it is (pytrec_eval leaves out queries without a ranking), average over the evaluated queries."""
+    if ignore_identical_ids:
+        run = {q: {d: s for d, s in hits.items() if d != q} for q, hits in run.items()}
+    ks = ",".join(map(str, k_values))
+    scores = pytrec_eval.RelevanceEvaluator(qrels, {f"ndcg_cut.{ks}", f"recall.{ks}", "map"}).evaluate(run)
+    names = [f"ndcg_cut_{k}" for k in k_values] + [f"recall_{k}" for k in k_values] + ["map"]
+    return {n: np.mean([scores[q][n] for q in scores]) for n in names}, len(scores)
+
+
+@pytest.mark.parametrize("ignore_identical_ids", [True, False])
+def test_beir_semantics_equal_pytrec_eval_with_missing_queries_and_self_hits(ignore_identical_ids):
+    rng = np.random.default_rng(1)
+    ids = [f"x{i}" for i in range(40)]  # one id space for queries and documents (e.g. Quora, ArguAna)
+    qrels = {q: {d: int(rng.integers(1, 3)) for d in rng.choice(ids, 3, replace=False)} for q in ids[:15]}
+    run = {q: {d: float(rng.normal()) for d in rng.choice(ids, 12, replace=False)} | {q: 9.0} for q in ids[:11]}
+    out = retrieval_metrics(qrels, run, k_values=(3, 10), ignore_identical_ids=ignore_identical_ids)
+    reference, evaluated = _beir_reference(qrels, run, (3, 10), ignore_identical_ids)
+    assert out["num_queries"] == evaluated == 11 and out["judged_queries_without_hits"] == 4
+    for name, value in reference.items():
+        assert out[name] == pytest.approx(value, abs=1e-12), name
+    # trec_eval -c: the four unranked judged queries count as 0 in means over all fifteen.
+    c = retrieval_metrics(qrels, run, k_values=(3, 10), semantics="trec_eval",
+                          ignore_identical_ids=ignore_identical_ids)
+    assert c["num_queries"] == 15
+    assert c["ndcg_cut_10"] == pytest.approx(reference["ndcg_cut_10"] * 11 / 15, abs=1e-12)
 
 
 # ============================================================================================ search

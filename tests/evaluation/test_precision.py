@@ -81,6 +81,8 @@ SUITE_COMMANDS = [  # (suite module, verb, suite, the arguments a parse needs)
     ("squad", "evaluate", "squad", ["m", "--data", "d.json"]),
     ("beir", "finetune", "beir", ["m", "--data", "d", "--output-dir", "o"]),
     ("beir", "evaluate", "beir", ["m", "--data", "d"]),
+    ("files", "finetune", "classification", ["m", "--train", "t.csv", "--output-dir", "o"]),
+    ("files", "finetune", "token-classification", ["m", "--train", "t.conll", "--output-dir", "o"]),
 ]
 
 

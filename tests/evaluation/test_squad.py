@@ -488,8 +488,10 @@ def test_tiny_modernalbert_memorises_the_fixture(tmp_path):
     # answers the same questions right (answerable ones with their text, unanswerable ones with "").
     from modernalbert.evaluation.config import FinetuneConfig
 
+    # The test preset's local layers (4 tokens each way in 64-token windows) carry question-context information only
+    # through its two global layers: 300 steps fit the windows (150 do for global attention everywhere).
     data = write_json(tmp_path / "d.json", v2_data())
-    cfg = FinetuneConfig(max_length=64, max_steps=150, batch_size=8, learning_rate=3e-3, warmup_ratio=0.05,
+    cfg = FinetuneConfig(max_length=64, max_steps=300, batch_size=8, learning_rate=3e-3, warmup_ratio=0.05,
                          precision="fp32", log_every=50)
     result = squad.finetune_squad(_modernalbert_folder(tmp_path / "m"), cfg, data=data, eval_data=data, stride=24)
     assert result["history"][-1]["loss"] < 0.5 * result["history"][0]["loss"]

@@ -43,6 +43,9 @@ def test_deltas_lowrank_is_exact_under_constant_routing(batch):
     # zero router + top-2 of 4: ties select the same two experts for every token, each with weight 1/2
     assert sorted(merged.config.merge_info["groups"]["1"]["expert_weights"]) == [0.0, 0.0, 0.5, 0.5]
     assert merged.config.ffn_variants == ["glu", "lora"] and merged.config.adapter_rank == 16
+    # The test preset mixes layer types (rows past its window): the merged model keeps the pattern.
+    assert merged.config.layer_types == model.config.layer_types and len(set(model.config.layer_types)) == 2
+    assert merged.config.rope_parameters == model.config.rope_parameters
 
 
 def test_uniform_weights_are_exact_when_every_expert_is_routed(batch):
@@ -57,7 +60,7 @@ def test_full_rank_svd_and_fold_equal_lowrank(batch):
     model = _constant_routing_model()
     model.groups[1].mlp.router.weight.data.normal_(0, 0.5)  # any routing: the three forms share one delta
     lowrank = _hidden(merge_experts(model, weights="uniform", form="lowrank"), ids, mask)
-    svd = _hidden(merge_experts(model, weights="uniform", form="svd"), ids, mask)
+    svd = _hidden(merge_experts(model, weights="uniform", form="svd", rank=16), ids, mask)  # full rank: E * r
     fold = _hidden(merge_experts(model, weights="uniform", form="fold"), ids, mask)
     torch.testing.assert_close(svd, lowrank, rtol=0, atol=1e-5)
     torch.testing.assert_close(fold, lowrank, rtol=0, atol=1e-5)
@@ -171,8 +174,28 @@ def test_bad_input_gives_clear_errors():
         merge_experts(model, weights="router", calibration=["", "   "])
     with pytest.raises(ValueError, match="tokenizer"):
         merge_experts(model, weights="router", calibration=["some text"])
+    with pytest.raises(ValueError, match="form='svd' needs rank=R"):
+        merge_experts(model, form="svd")  # at full rank svd is lowrank: no silent non-truncation
+
+
+@pytest.mark.parametrize("form", ["lowrank", "svd", "fold"])
+@pytest.mark.parametrize("tensor", ["lora_B1", "lora_A2", "Wi.weight", "Wo.weight"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_one_finiteness_policy_for_every_form(form, tensor, value):
+    # Experts and the group's own FFN weights alike: every form refuses before any arithmetic (no LAPACK error
+    # from the SVD, no NaN carried into a low-rank adapter), naming the group and the tensor.
     broken = ModernAlbertModel(small_config())
     with torch.no_grad():
-        broken.groups[1].mlp.lora_B1[0, 0, 0] = float("inf")
-    with pytest.raises(ValueError, match="non-finite"):
-        merge_experts(broken)
+        broken.groups[1].mlp.get_parameter(tensor).view(-1)[3] = value
+    with pytest.raises(ValueError, match=rf"group 1: groups\.1\.mlp\.{tensor} holds 1 non-finite value"):
+        merge_experts(broken, form=form, rank=4 if form == "svd" else None)
+
+
+def test_an_overflowing_merge_is_refused():
+    big = ModernAlbertModel(small_config())
+    with torch.no_grad():  # finite experts whose merged delta exceeds fp32
+        big.groups[1].mlp.lora_B1.fill_(1e30)
+        big.groups[1].mlp.lora_A1.fill_(1e30)
+    for form, rank in (("lowrank", None), ("svd", 4), ("fold", None)):
+        with pytest.raises(ValueError, match=r"non-finite value.*overflows fp32"):
+            merge_experts(big, form=form, rank=rank)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForMaskedLM
+from transformers import AutoConfig, AutoModelForMaskedLM, ModernBertConfig
 
 from modernalbert import PRESETS, ModernAlbertConfig, ModernAlbertForMaskedLM, ModernAlbertModel, count_parameters
 from modernalbert.training.recipe import Recipe
@@ -22,6 +22,12 @@ BAD_FIELDS = [
     ("hidden_activation", "swish2"),
     ("classifier_activation", "nope"),
     ("rope_parameters", {"rope_type": "default", "rope_theta": 0.0}),
+    ("rope_parameters", {"sliding_attention": {"rope_type": "default", "rope_theta": -1.0}}),
+    ("rope_parameters", {"full_attention": {"rope_type": "default"}, "rope_theta": 5.0}),  # mixed forms
+    ("layer_types", ["full_attention"] * 3),  # 16 effective layers
+    ("layer_types", ["global"] * 16),
+    ("global_attn_every_n_layers", 0),
+    ("local_attention", 0),
     ("max_position_embeddings", 0),
     ("norm_eps", 0.0),
     ("initializer_range", -0.02),
@@ -94,28 +100,96 @@ def test_a_small_vocabulary_keeps_the_default_special_tokens_as_modernbert_does(
     assert logits.shape == (2, 5, 99) and logits.isfinite().all()
 
 
-def test_rope_uses_transformers_rope_parameters():
-    config = ModernAlbertConfig()
-    assert config.rope_parameters == {"rope_type": "default", "rope_theta": 160_000.0}
+def test_rope_parameters_are_keyed_by_layer_type_as_in_modernbert():
+    """transformers' 5.x form: ModernBERT's bases per type by default; a flat dict (or the legacy ``rope_theta``) is
+    the RoPE of every type, transformers' backward-compatible reading."""
+    assert ModernAlbertConfig().rope_parameters == ModernBertConfig().rope_parameters == {
+        "full_attention": {"rope_type": "default", "rope_theta": 160_000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}}
     scaled = ModernAlbertConfig(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10_000.0})
-    assert scaled.rope_parameters["rope_type"] == "linear"
+    assert scaled.rope_parameters["full_attention"] == scaled.rope_parameters["sliding_attention"] == {
+        "rope_type": "linear", "factor": 2.0, "rope_theta": 10_000.0}
+    one = ModernAlbertConfig(rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 500.0}})
+    assert one.rope_parameters["full_attention"]["rope_theta"] == 160_000.0  # the missing type's default
+    assert ModernAlbertConfig(rope_theta=5_000.0).rope_parameters["sliding_attention"]["rope_theta"] == 5_000.0
 
 
-def test_a_config_saved_with_rope_theta_still_loads(tmp_path):
-    """Configs saved before rope_parameters hold ``rope_theta`` (and no ``output_router_logits``): written here by the
-    current code, then put into that earlier form, it loads to the same RoPE and the same outputs."""
-    config = ModernAlbertConfig.from_preset("test", rope_parameters={"rope_type": "default", "rope_theta": 10_000.0})
+@pytest.mark.parametrize(("layers", "every_n"), [(22, 3), (28, 3), (16, 3), (7, 2), (4, 1)])
+def test_layer_types_follow_modernbert_semantics(layers, every_n):
+    """``global_attn_every_n_layers`` and ``local_attention`` mean what they mean in ModernBertConfig: the same layer
+    types and the same half-width ``sliding_window``; the keyword seeds ``layer_types`` and is not saved."""
+    ours = ModernAlbertConfig(num_hidden_layers=layers, group_depth=1, mol_groups=[], local_attention=100,
+                              global_attn_every_n_layers=every_n)
+    theirs = ModernBertConfig(num_hidden_layers=layers, local_attention=100, global_attn_every_n_layers=every_n)
+    assert ours.layer_types == theirs.layer_types
+    assert ours.sliding_window == theirs.sliding_window == 50
+    assert "global_attn_every_n_layers" not in ours.to_dict()
+    assert ModernAlbertConfig(num_hidden_layers=layers, group_depth=1, mol_groups=[]).layer_types == \
+        ModernBertConfig(num_hidden_layers=layers).layer_types  # the default: every third layer
+
+
+def test_layer_types_and_the_keyword_must_agree():
+    with pytest.raises(ValueError, match=r"layer_types=.*contradicts global_attn_every_n_layers=1"):
+        ModernAlbertConfig(num_hidden_layers=2, group_depth=1, mol_groups=[],
+                           layer_types=["full_attention", "sliding_attention"], global_attn_every_n_layers=1)
+    config = ModernAlbertConfig.from_preset("test", layer_types=["sliding_attention"] * 4)  # replaces the preset's
+    assert config.layer_types == ["sliding_attention"] * 4
+    with pytest.raises(ValueError, match=r"layer_types=.*expected 8 entries \(one per effective layer\)"):
+        ModernAlbertModel(ModernAlbertConfig.from_preset("test", num_hidden_layers=8,
+                                                         layer_types=["full_attention"] * 4))
+
+
+def test_presets_attention_patterns():
+    """Our choice, labelled in the presets: ModernBERT's pattern where the teacher is ModernBERT, global attention
+    for ``mini`` (its teacher is a BERT), and a small window for ``test`` so that short test inputs reach past it."""
+    for name in ("tiny", "medium", "base", "large"):
+        config = ModernAlbertConfig.from_preset(name)
+        assert config.local_attention == 128
+        assert config.layer_types == ModernBertConfig(num_hidden_layers=config.num_hidden_layers).layer_types
+    assert set(ModernAlbertConfig.from_preset("mini").layer_types) == {"full_attention"}
+    test = ModernAlbertConfig.from_preset("test")
+    assert test.layer_types == ["full_attention", "sliding_attention", "sliding_attention", "full_attention"]
+    assert test.sliding_window == 4
+
+
+def _old_form(path, **replace) -> None:
+    """Rewrite a saved config.json into the form saved before the attention pattern and ``rope_parameters``."""
+    saved = json.loads(path.read_text())
+    for key in ("layer_types", "local_attention", "rope_parameters", "output_router_logits"):
+        del saved[key]
+    saved.update(replace)
+    path.write_text(json.dumps(saved))
+
+
+def test_a_config_saved_before_layer_types_loads_with_global_attention(tmp_path):
+    """Configs saved before the attention pattern existed (no ``layer_types`` / ``local_attention``, RoPE as the
+    legacy ``rope_theta``, no ``output_router_logits``): their model attended globally in every layer, and so does
+    the loaded one, to the same outputs; the RoPE is the saved one."""
+    config = ModernAlbertConfig.from_preset("test", global_attn_every_n_layers=1,
+                                            rope_parameters={"rope_type": "default", "rope_theta": 10_000.0})
     model = ModernAlbertModel(config).eval()
     model.save_pretrained(tmp_path)
+    _old_form(tmp_path / "config.json", rope_theta=10_000.0)
+    again = ModernAlbertModel.from_pretrained(tmp_path).eval()
+    assert again.config.layer_types == ["full_attention"] * 4
+    assert again.config.rope_parameters["full_attention"] == {"rope_type": "default", "rope_theta": 10_000.0}
+    ids = torch.randint(4, 512, (2, 30))  # longer than the test preset's window
+    torch.testing.assert_close(again(ids).last_hidden_state, model(ids).last_hidden_state, rtol=0, atol=0)
+    # The flat rope_parameters of the same era loads alike.
+    model.save_pretrained(tmp_path)
+    _old_form(tmp_path / "config.json", rope_parameters={"rope_type": "default", "rope_theta": 10_000.0})
+    again = ModernAlbertModel.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(again(ids).last_hidden_state, model(ids).last_hidden_state, rtol=0, atol=0)
+
+
+def test_a_saved_config_with_layer_types_needs_its_window(tmp_path):
+    ModernAlbertModel(ModernAlbertConfig.from_preset("test")).save_pretrained(tmp_path)
     path = tmp_path / "config.json"
     saved = json.loads(path.read_text())
-    del saved["rope_parameters"], saved["output_router_logits"]
-    saved["rope_theta"] = 10_000.0
+    del saved["local_attention"]
     path.write_text(json.dumps(saved))
-    again = ModernAlbertModel.from_pretrained(tmp_path).eval()
-    assert again.config.rope_parameters == {"rope_type": "default", "rope_theta": 10_000.0}
-    ids = torch.randint(4, 512, (2, 9))
-    torch.testing.assert_close(again(ids).last_hidden_state, model(ids).last_hidden_state, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"config\.json lacks \['local_attention'\]"):
+        ModernAlbertModel.from_pretrained(tmp_path)
 
 
 def test_a_saved_config_missing_a_field_is_refused_naming_the_file(tmp_path):

@@ -1,5 +1,9 @@
-"""Fast paths against their references: attention implementations, the per-sequence CPU SDPA path, RoPE (in place
-without autograd), torch.compile (no graph breaks in the MoL executor, outputs equal to eager)."""
+"""Fast paths against their references: attention implementations, the per-sequence CPU SDPA path, the blocked
+sliding-window path of local layers, RoPE (in place without autograd), torch.compile (no graph breaks in the MoL
+executor, outputs equal to eager).
+
+The ``test`` preset mixes layer types (layers 0 and 3 global, 1 and 2 local with a window of 4 each way), so every
+test here runs both kinds of layer, and the short test sequences reach past the window."""
 
 import shutil
 import sys
@@ -58,21 +62,34 @@ def test_padded_batch_matches_each_sequence_alone(attn, side):
         assert (out[b][~mask[b].bool()] == 0).all()
 
 
-def test_per_sequence_sdpa_matches_the_padded_reference(monkeypatch):
-    """The eager CPU fast path (one unmasked SDPA call per sequence) equals the padded, masked SDPA reference on
-    real tokens, forward and backward (training runs the fast path too), with an all-pad row in the batch."""
+def _dense_reference(qkv, layout, dropout, window=None):
+    """The O(L^2) reference: one SDPA call over the padded batch with the key mask and, for a local layer, the dense
+    band ``|i - j| <= window`` of transformers' sliding-window mask (each position also attends itself, so that pad
+    queries stay finite)."""
+    B, L = layout.batch_size, layout.seq_len
+    q, k, v = modeling.pad_tokens(qkv, layout).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, L, dh)
+    allowed = torch.ones(B, 1, 1, L, dtype=torch.bool) if layout.key_mask is None else layout.key_mask
+    i = torch.arange(L)
+    if window is not None:
+        allowed = allowed & ((i[:, None] - i[None, :]).abs() <= window)  # (B, 1, L, L)
+    allowed = allowed | torch.eye(L, dtype=torch.bool)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+    return modeling.unpad_tokens(out.transpose(1, 2), layout)  # (N, h, dh)
+
+
+def test_sdpa_fast_paths_match_the_dense_reference(monkeypatch):
+    """The eager CPU fast paths (global layers: one unmasked SDPA call per sequence; local layers: the blocked band)
+    equal the padded SDPA reference with dense masks on real tokens, forward and backward (training runs the fast
+    paths too), with an all-pad row in the batch."""
     torch.manual_seed(0)
     model = _model().train()  # dropout is 0 in the test preset: train mode only enables autograd bookkeeping
     ids, mask = padded_batch(lengths=(7, 4, 9, 2))
     mask[3] = 0  # a row without any real token
     calls = []
 
-    def per_sequence(qkv, layout, dropout):
-        calls.append(layout.seq_lengths)
-        return modeling._sdpa_per_sequence(qkv, layout, dropout)
-
-    def padded(qkv, layout, dropout):
-        return modeling._sdpa_padded(qkv, layout, dropout)
+    def fast(qkv, layout, dropout, window=None):
+        calls.append(window)
+        return modeling._sdpa_attention(qkv, layout, dropout, window)
 
     def run(impl, dtype=torch.float32) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         monkeypatch.setitem(modeling.UNPADDED_ATTENTION_FUNCTIONS, "sdpa", impl)
@@ -82,10 +99,10 @@ def test_per_sequence_sdpa_matches_the_padded_reference(monkeypatch):
         grads = {n: p.grad.double() for n, p in model.named_parameters() if p.grad is not None}
         return hidden.detach().double(), grads
 
-    fast, fast_grads = run(per_sequence)
-    ref, ref_grads = run(padded)
-    _, gold_grads = run(padded, torch.float64)  # float64: what both fp32 paths approximate
-    assert calls and calls[0] == [7, 4, 9, 0]  # the empty row's zero-length split is skipped
+    fast, fast_grads = run(fast)
+    ref, ref_grads = run(_dense_reference)
+    _, gold_grads = run(_dense_reference, torch.float64)  # float64: what both fp32 paths approximate
+    assert calls == [None, 4, 4, None]  # global, local, local, global: the test preset's pattern
     real = mask.bool()
     torch.testing.assert_close(fast[real], ref[real], rtol=0, atol=1e-5)
     assert fast_grads.keys() == ref_grads.keys()
@@ -97,17 +114,78 @@ def test_per_sequence_sdpa_matches_the_padded_reference(monkeypatch):
         assert fast_err <= 1.5 * ref_err + 1e-8, (name, fast_err, ref_err)
 
 
-def test_default_sdpa_dispatch_takes_the_per_sequence_path_on_cpu(monkeypatch):
+def test_default_sdpa_dispatch_on_cpu(monkeypatch):
+    """Global layers of a padded batch run per sequence; local layers run blocked unless every row fits in the
+    window (then a local layer is a global one); an unpadded batch takes one batched call for global layers."""
     model = _model()
     seen = []
-    original = modeling._sdpa_per_sequence
-    monkeypatch.setattr(modeling, "_sdpa_per_sequence", lambda *a: seen.append(1) or original(*a))
-    ids, mask = padded_batch()
+    for name in ("_sdpa_per_sequence", "_sdpa_banded", "_sdpa_padded"):
+        original = getattr(modeling, name)
+        monkeypatch.setattr(modeling, name, lambda *a, _n=name, _f=original: seen.append(_n) or _f(*a))
+    ids, mask = padded_batch()  # rows of 7, 4 and 9 tokens: past the window of 4 each way
     model(ids, attention_mask=mask)
-    assert len(seen) == model.config.num_hidden_layers
+    assert seen == ["_sdpa_per_sequence", "_sdpa_banded", "_sdpa_banded", "_sdpa_per_sequence"]
     seen.clear()
-    model(ids)  # nothing padded: one batched, unmasked call instead
-    assert not seen
+    model(ids[:, :5], attention_mask=mask[:, :5])  # 5 positions: within the window
+    assert seen == ["_sdpa_per_sequence"] * 4
+    seen.clear()
+    model(ids)  # nothing padded: one batched, unmasked call for global layers
+    assert seen == ["_sdpa_padded", "_sdpa_banded", "_sdpa_banded", "_sdpa_padded"]
+
+
+def _rows(lengths: tuple[int, ...], L: int, holes: bool = False) -> torch.Tensor:
+    """A (B, L) attention mask: right-padded rows, the second one left-padded, and with ``holes`` a row whose pads
+    sit between real tokens."""
+    mask = torch.zeros(len(lengths), L, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        if b == 1:
+            mask[b, L - n:] = 1
+        else:
+            mask[b, :n] = 1
+    if holes:
+        mask[0, 3:9] = 0
+    return mask
+
+
+@pytest.mark.parametrize(("window", "lengths", "holes"), [
+    (4, (23, 9, 0, 1), False),  # small window, short rows, an all-pad row
+    (4, (23, 17, 5), True),  # pads inside a row: distances count padded positions, as transformers' mask does
+    (0, (12, 7), False),  # local_attention = 1: a token sees itself only
+    (64, (300, 130, 64, 65), False),  # ModernBERT's window (128) on rows longer than it
+])
+def test_banded_attention_equals_the_dense_sliding_window_reference(window, lengths, holes):
+    """The blocked local-attention kernel against transformers' dense sliding-window semantics, float64, forward
+    and backward; and its mask holds O(N w) entries (blocks of w queries against 3w keys), never (L, L)."""
+    L = max(lengths)
+    layout = modeling.make_layout(_rows(lengths, L, holes), len(lengths), L, torch.device("cpu"))
+    n = layout.indices.shape[0]
+    qkv = torch.randn(n, 3, 2, 8, dtype=torch.float64, requires_grad=True)
+    out = modeling._sdpa_banded(qkv, layout, 0.0, window)
+    ref = _dense_reference(qkv, layout, 0.0, window)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    weights = torch.randn_like(out)
+    (grad,) = torch.autograd.grad((out * weights).sum(), qkv)
+    (ref_grad,) = torch.autograd.grad((ref * weights).sum(), qkv)
+    torch.testing.assert_close(grad, ref_grad, rtol=0, atol=1e-12)
+    b = max(window, 1)
+    assert layout.bands[window].shape == (-(-n // b), 1, b, 3 * b)  # (nb, 1, b, 3b): 3 b^2 per block of b tokens
+
+
+def test_local_layers_never_build_a_dense_mask(monkeypatch):
+    """At ModernBERT's window on 300-token rows, no SDPA call of the model sees an (L, L) mask or score matrix."""
+    model = _model(local_attention=128, max_position_embeddings=512)
+    ids, mask = padded_batch(lengths=(300, 200, 90))
+    shapes = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kwargs):
+        shapes.append((q.shape[-2], k.shape[-2], None if attn_mask is None else tuple(attn_mask.shape)))
+        return original(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(modeling.F, "scaled_dot_product_attention", spy)
+    model(ids, attention_mask=mask)
+    local = [s for s in shapes if s[2] is not None]
+    assert local and all(s == (64, 192, (local[0][2][0], 1, 64, 192)) for s in local)  # blocks of 64 vs 192 keys
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -135,28 +213,37 @@ def test_sdpa_and_eager_agree_on_real_tokens():
 def _reference_flash_varlen(calls: list):
     """A reference for ``flash_attn.flash_attn_varlen_qkvpacked_func`` that checks its documented contract: packed
     (total, 3, h, dh) q/k/v with a unit-stride last dim, int32 cumulative sequence offsets (B + 1,) ending at total,
-    a host-int longest length; returns (total, h, dh). Computed per sequence with plain SDPA."""
+    a host-int longest length, ``window_size=(left, right)`` (query i sees keys i - left .. i + right of its
+    sequence, bounds included; -1: unbounded); returns (total, h, dh). Computed per sequence with plain SDPA and a
+    dense window mask."""
 
-    def kernel(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False, **kwargs):
+    def kernel(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+               **kwargs):
         assert qkv.dim() == 4 and qkv.shape[1] == 3 and qkv.stride(-1) == 1
         assert cu_seqlens.dtype == torch.int32 and cu_seqlens.dim() == 1 and int(cu_seqlens[-1]) == qkv.shape[0]
         lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
         assert isinstance(max_seqlen, int) and max_seqlen == max(lengths)
         assert not causal and dropout_p == 0.0
-        calls.append(lengths)
+        left, right = window_size
+        assert isinstance(left, int) and isinstance(right, int)
+        calls.append((lengths, window_size))
         outs = []
         for a, b in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist(), strict=True):
             q, k, v = qkv[a:b].permute(1, 2, 0, 3)  # 3 x (h, n, dh)
-            outs.append(torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(0, 1))  # (n, h, dh)
+            offset = torch.arange(b - a)[None, :] - torch.arange(b - a)[:, None]  # (n, n): key index - query index
+            allowed = ((offset >= -left) | (left < 0)) & ((offset <= right) | (right < 0))
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (h, n, dh)
+            outs.append(out.transpose(0, 1))  # (n, h, dh)
         return torch.cat(outs)  # (total, h, dh)
 
     return kernel
 
 
 def test_flash_varlen_path_matches_sdpa_on_real_tokens(monkeypatch):
-    """The FlashAttention 2 varlen plumbing (unpadded rows, cu_seqlens, max_seqlen, output layout), run on CPU with
-    the kernel replaced by a contract-checking reference: equal to SDPA on real tokens, forward and backward. The
-    CUDA kernel itself needs a GPU; this checks everything around it."""
+    """The FlashAttention 2 varlen plumbing (unpadded rows, cu_seqlens, max_seqlen, the local layers'
+    ``window_size``, output layout), run on CPU with the kernel replaced by a contract-checking reference: equal to
+    SDPA (per-sequence global layers, blocked local layers) on real tokens, forward and backward. The CUDA kernel
+    itself needs a GPU; this checks everything around it."""
     import importlib.machinery
     import types
 
@@ -179,7 +266,8 @@ def test_flash_varlen_path_matches_sdpa_on_real_tokens(monkeypatch):
         hidden = model(ids, attention_mask=mask).last_hidden_state
         (hidden.square() * mask[..., None]).sum().backward()
         outs[name] = hidden.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-    assert calls and calls[0] == [7, 4, 9, 1] and len(calls) == flash.config.num_hidden_layers
+    # One call per effective layer, with the layer's window: global, local (4 each way), local, global.
+    assert calls == [([7, 4, 9, 1], w) for w in [(-1, -1), (4, 4), (4, 4), (-1, -1)]]
     torch.testing.assert_close(outs["flash"][0][real], outs["sdpa"][0][real], rtol=0, atol=1e-10)
     assert (outs["flash"][0][~real] == 0).all()
     assert outs["flash"][1].keys() == outs["sdpa"][1].keys()
@@ -192,14 +280,19 @@ def test_flash_attention_refuses_cpu_or_fp32_tensors():
         modeling._check_flash_inputs(torch.zeros(2, 3, 1, 4))
 
 
+@pytest.mark.parametrize("layer_type", ["full_attention", "sliding_attention"])
 @pytest.mark.parametrize("grad", [False, True])
-def test_rope_equals_rotate_half_reference(grad):
-    """In place without autograd, out of place with it: both equal ModernBERT's rotate-half form; v is untouched."""
+def test_rope_equals_rotate_half_reference(grad, layer_type):
+    """In place without autograd, out of place with it: both equal ModernBERT's rotate-half form with the layer
+    type's base (160,000 global, 10,000 local); v is untouched."""
     model = _model()
     positions = torch.tensor([0, 1, 5, 17, 200])
-    cos, signed_sin = modeling.rope_tables(*model.rotary_emb(torch.empty(0), positions))  # (N, 1, 1, dh) each
+    cos, signed_sin = modeling.rope_tables(*model.rotary_emb(torch.empty(0), positions, layer_type))  # (N, 1, 1, dh)
     qkv = torch.randn(5, 3, 4, model.config.head_dim, requires_grad=grad)
-    freqs = positions[:, None].float() * model.rotary_emb.inv_freq[None, :]
+    base = {"full_attention": 160_000.0, "sliding_attention": 10_000.0}[layer_type]
+    dh = model.config.head_dim
+    inv_freq = 1.0 / (base ** (torch.arange(0, dh, 2, dtype=torch.float) / dh))  # ModernBERT's formula, fp32
+    freqs = positions[:, None].float() * inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)[:, None, None, :]  # (N, 1, 1, dh)
     x1, x2 = qkv[:, :2].detach().chunk(2, dim=-1)
     ref = qkv[:, :2].detach() * emb.cos() + torch.cat((-x2, x1), dim=-1) * emb.sin()
@@ -218,7 +311,7 @@ def test_rope_equals_rotate_half_reference(grad):
 
 def test_rope_closed_form_backward_passes_gradcheck():
     model = _model()
-    tables = modeling.rope_tables(*model.rotary_emb(torch.empty(0), torch.tensor([0, 3, 9])))
+    tables = modeling.rope_tables(*model.rotary_emb(torch.empty(0), torch.tensor([0, 3, 9]), "full_attention"))
     cos, signed_sin = (t.double() for t in tables)
     qkv = torch.randn(3, 3, 2, model.config.head_dim, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: modeling._RotaryQK.apply(t, cos, signed_sin), (qkv,))

@@ -129,7 +129,8 @@ def test_hidden_states_follow_transformers_convention_and_carry_gradient():
     out.last_hidden_state[mask.bool()].square().sum().backward(retain_graph=True)
     assert all(h.grad is not None and h.grad[mask.bool()].abs().sum() > 0 for h in out.hidden_states)
     middle = out.hidden_states[3]
-    (grad,) = torch.autograd.grad(out.last_hidden_state.sum(), middle)
+    # (Not .sum(): the final norm's output sums to zero over the width, so that gradient is rounding noise.)
+    (grad,) = torch.autograd.grad(out.last_hidden_state.square().sum(), middle)
     assert grad.shape == middle.shape and grad[mask.bool()].abs().sum() > 0
 
 

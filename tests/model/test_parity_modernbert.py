@@ -10,6 +10,7 @@ from modernalbert import (
     ModernAlbertModel,
     load_modernbert_weights,
 )
+from modernalbert.model import modeling
 from tests.conftest import padded_batch
 
 VOCAB, D, HEADS, F, DEPTH = 512, 64, 4, 96, 3
@@ -33,6 +34,95 @@ def student_config(**kw) -> ModernAlbertConfig:
 
 def _non_pad(t, mask):
     return t[mask.bool()]
+
+
+# ============================================================== ModernBERT's default configuration: local layers
+
+
+def default_teacher_config(**kw) -> ModernBertConfig:
+    """``ModernBertConfig`` at its defaults but for the width (small, for speed) and the test vocabulary: 22 layers,
+    global attention every third layer and a 128-token window elsewhere, RoPE bases 160,000 / 10,000."""
+    return ModernBertConfig(vocab_size=VOCAB, hidden_size=D, intermediate_size=F, num_attention_heads=HEADS,
+                            pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2, **kw)
+
+
+def long_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows longer than the window, padded: right-padded rows (300, 170, 1 real tokens), a left-padded one (200) and
+    one with pads between its real tokens (transformers counts window distances in padded positions)."""
+    lengths = (300, 170, 1, 200, 250)
+    ids, mask = padded_batch(VOCAB, lengths=lengths)
+    ids[3], mask[3] = ids[3].roll(100), mask[3].roll(100)  # left padding
+    mask[4, 100:130] = 0  # a hole
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+def _traced_dispatch(monkeypatch) -> None:
+    """The dispatch of a traced graph (ONNX / torch.export): padded global layers, always-masked layout."""
+    monkeypatch.setattr(modeling, "_is_exporting", lambda: True)
+
+
+PATHS = ["sdpa", "sdpa-traced", "eager"]
+
+
+def _student(cls, attn: str, monkeypatch):
+    if attn == "sdpa-traced":
+        _traced_dispatch(monkeypatch)
+    config = student_config(num_hidden_layers=22, attn_implementation=attn.removesuffix("-traced"),
+                            max_position_embeddings=8192)
+    return cls(config).eval()
+
+
+@pytest.mark.parametrize("attn", PATHS)
+def test_default_modernbert_hidden_states_are_reproduced_by_every_attention_path(attn, monkeypatch):
+    """A G = 1 student loaded from ModernBERT at its default attention pattern takes the teacher's layer types,
+    window and RoPE bases, and reproduces every hidden state on real tokens (rows past the window, padded on either
+    side or with holes), whichever attention path runs: per-sequence / blocked SDPA, the traced graph's, eager."""
+    teacher = ModernBertModel(default_teacher_config()).eval()
+    student = _student(ModernAlbertModel, attn, monkeypatch)
+    student.config.layer_types = ["full_attention"] * 22  # the student's own pattern is replaced by the teacher's
+    report = load_modernbert_weights(student, teacher)
+    assert report.fresh == []
+    assert student.config.layer_types == teacher.config.layer_types and student.config.local_attention == 128
+    assert student.config.rope_parameters == teacher.config.rope_parameters
+    assert any("attention pattern from the teacher" in n for n in report.notes)
+    ids, mask = long_batch()
+    with torch.no_grad():
+        ref = teacher(ids, attention_mask=mask, output_hidden_states=True)
+        out = student(ids, attention_mask=mask, output_hidden_states=True)
+    assert len(out.hidden_states) == len(ref.hidden_states) == 23
+    for h_out, h_ref in zip(out.hidden_states, ref.hidden_states, strict=True):
+        torch.testing.assert_close(_non_pad(h_out, mask), _non_pad(h_ref, mask), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("attn", PATHS)
+def test_default_modernbert_mlm_logits_are_reproduced_by_every_attention_path(attn, monkeypatch):
+    teacher = ModernBertForMaskedLM(default_teacher_config()).eval()
+    with torch.no_grad():
+        teacher.decoder.bias.normal_()  # make the bias part of the check
+    student = _student(ModernAlbertForMaskedLM, attn, monkeypatch)
+    assert load_modernbert_weights(student, teacher).fresh == []
+    ids, mask = long_batch()
+    with torch.no_grad():
+        ref = teacher(ids, attention_mask=mask).logits
+        out = student(ids, attention_mask=mask).logits
+    torch.testing.assert_close(_non_pad(out, mask), _non_pad(ref, mask), rtol=0, atol=1e-5)
+
+
+def test_teacher_pattern_maps_to_another_depth():
+    """At another effective depth, ModernBERT's pattern (global every n-th layer) is laid over the student's
+    effective layers; a pattern that is not of that form is sampled at floor(i T / L); window and RoPE carry."""
+    teacher = ModernBertModel(default_teacher_config(num_hidden_layers=6, local_attention=64)).eval()
+    student = ModernAlbertModel(student_config(num_hidden_layers=8, group_depth=2, global_attn_every_n_layers=1))
+    report = load_modernbert_weights(student, teacher)
+    assert student.config.layer_types == ModernBertConfig(num_hidden_layers=8).layer_types
+    assert student.config.sliding_window == 32
+    assert "global every 3 layer(s)" in str(report)
+    odd = ModernBertConfig(num_hidden_layers=4, layer_types=["full_attention", "full_attention",
+                                                             "sliding_attention", "sliding_attention"])
+    from modernalbert.model.conversion import teacher_attention_pattern
+
+    fields, _ = teacher_attention_pattern(odd, 8)
+    assert fields["layer_types"] == ["full_attention"] * 4 + ["sliding_attention"] * 4
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

@@ -1,22 +1,32 @@
 """Mixed precision: every FFN variant and every head in bf16 / fp16 (autocast and 16-bit weights) against fp32.
 
-Tolerance. Outputs, losses and gradients must agree with the fp32 model within a relative (Frobenius) error of
+Tolerance. Outputs and losses must agree with the fp32 model within a relative (Frobenius) error of
 ``2 (L + 2) u``, where u is the unit roundoff of the 16-bit format (2^-8 for bf16, 2^-11 for fp16) and L = 4 the
 effective depth of the `test` preset. Why: each of the two residual branches of an effective layer ends in a 16-bit
 GEMM whose result joins a 16-bit residual stream (CPU autocast keeps LayerNorm in its input dtype), about two
 roundings of relative size u per layer; the head adds two more (dense, then decoder / classifier); first-order
-errors add at worst linearly with depth. Measured on this matrix: at most 5u (bf16: outputs 1.4e-2, gradients
-1.1e-2; fp16: outputs 2.1e-3, gradients 2.4e-3), 40 % of the bound. The experts are set so that their terms move
-the fp32 outputs by 8 % (merged forms) to 40 % (MoL, RRT): 1.8 to 8.6 times the bf16 bound and 14 to 69 times the
-fp16 one (checked below), so an expert term that is dropped, mis-scaled or mis-cast fails.
+errors add at worst linearly with depth. Gradients get twice that bound: the backward rounds again (two GEMMs per
+forward GEMM) on top of the forward's roundings. Measured on this matrix: at most 5u on CPU (bf16: outputs 1.4e-2,
+gradients 1.1e-2; fp16: outputs 2.1e-3, gradients 2.4e-3), 40 % of the bound; on CUDA (H200, torch 2.11) at most
+13.8u, in the gradients of one fp16-weights case (6.7e-3: 58 % of the gradients' bound). The experts are set so
+that their terms move the fp32 outputs by 8 % (merged forms) to 40 % (MoL, RRT): 1.8 to 8.6 times the bf16 bound
+and 14 to 69 times the fp16 one (checked below), so an expert term that is dropped, mis-scaled or mis-cast fails.
+
+Attention. The `test` preset mixes layer types (layers 0 and 3 global, 1 and 2 local, 4 tokens each way) and the
+9-token rows reach past the window, so every mode runs the blocked sliding-window kernel besides global attention
+(checked below).
 
 Routing. A 16-bit model routes exactly as an fp32 computation on its own (rounded) router inputs and weights: its
 gate equals a float64 recomputation to fp32 accuracy, and its top-k choices equal the float64 ones except where
 the k-th and (k+1)-th probabilities tie to within fp32 resolution.
+
+Device. The matrix runs on CPU in CI. ``MODERNALBERT_TEST_DEVICE=cuda`` runs the same matrix (models, batches and
+autocast) on a GPU: ``scripts/gpu_check.sh`` does so.
 """
 
 import copy
 import functools
+import os
 
 import pytest
 import torch
@@ -40,6 +50,12 @@ VARIANTS = {
     "folded": ({"mol_mixing": "weight"}, "fold"),
 }
 ROUTED = ("mol-output", "mol-weight", "moa")
+DEVICE = torch.device(os.environ.get("MODERNALBERT_TEST_DEVICE", "cpu"))
+if DEVICE.type == "cuda":
+    # The bound below assumes fp32 accumulation inside 16-bit GEMMs, as on CPU; cuBLAS may reduce in 16 bits (split-K)
+    # by default, which adds error the bound does not count (measured: 1.15x the fp16 bound in one case of the matrix).
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
 HEADS = [
     M.ModernAlbertModel,
     M.ModernAlbertForMaskedLM,
@@ -115,24 +131,40 @@ def main_output(out, head: type, batch: dict[str, torch.Tensor]) -> torch.Tensor
 
 def run(model: torch.nn.Module, head: type, mode: str) -> dict:
     """Forward + backward in ``mode`` ("fp32" or one of MODES); router inputs and gates recorded."""
-    batch = inputs(head)
+    batch = {k: v.to(DEVICE) for k, v in inputs(head).items()}
     dtype = DTYPES.get(mode.split("-")[0])
+    model = model.to(DEVICE)
     if mode.endswith("weights"):
         model = model.to(dtype)
     routes = []
     hooks = [m.register_forward_hook(lambda mod, args, out: routes.append((mod, args[0].detach(), out)))
              for m in model.modules() if isinstance(m, M.Router)]
-    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=mode.endswith("autocast")):
+    with torch.autocast(DEVICE.type, dtype=dtype or torch.bfloat16, enabled=mode.endswith("autocast")):
         out = model(**batch, output_router_logits=True)
     for h in hooks:
         h.remove()
     y = main_output(out, head, batch)
     loss = getattr(out, "loss", None)
     if loss is None:  # the base model: a fixed random projection of its output (well-conditioned gradients)
-        loss = (y * torch.randn(y.shape, generator=torch.Generator().manual_seed(5))).sum()
+        loss = (y * torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(y.device)).sum()
     loss.backward()
     grads = {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
     return {"out": out, "y": y.detach(), "loss": loss.detach(), "grads": grads, "routes": routes}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_16bit_local_layers_run_the_blocked_kernel_in_their_compute_dtype(mode, monkeypatch):
+    """The local layers of the matrix above take the blocked sliding-window path in 16 bits (no fp32 upcast)."""
+    seen = []
+    original = M._sdpa_banded
+
+    def spy(qkv, layout, dropout, window):
+        seen.append((qkv.dtype, window))
+        return original(qkv, layout, dropout, window)
+
+    monkeypatch.setattr(M, "_sdpa_banded", spy)
+    run(build("mol-output", M.ModernAlbertModel), M.ModernAlbertModel, mode)
+    assert seen == [(DTYPES[mode.split("-")[0]], 4)] * 2  # layers 1 and 2
 
 
 @functools.cache
@@ -160,7 +192,12 @@ def check_routing_is_fp32(routes: list) -> None:
         ref_gate = torch.zeros_like(probs).scatter(-1, top_i, top_p / top_p.sum(-1, keepdim=True))  # (N, E)
         chosen, ref_chosen = onehot.sum(1).bool(), ref_gate > 0  # (N, E)
         assert torch.equal(chosen[~tie], ref_chosen[~tie])
-        torch.testing.assert_close(gate[~tie].double(), ref_gate[~tie], rtol=0, atol=2e-6)
+        # fp32 accuracy: a d-term fp32 dot product is off by at most d u |x|.|w| (Higham, gamma_d); softmax and the
+        # top-k renormalisation each at most double a logit error in a gate (p <= 1). A 16-bit router is off by
+        # u_16 / u_32 = 2^16 (bf16) or 2^13 (fp16) times more. (A fixed 2e-6 failed on another CPU's BLAS: 2.07e-6.)
+        logit_err = x.shape[-1] * 2**-24 * (x.double().abs() @ router.weight.detach().double().abs().T)  # (N, E)
+        atol = 4 * float(logit_err.max()) + 16 * 2**-24
+        torch.testing.assert_close(gate[~tie].double(), ref_gate[~tie], rtol=0, atol=atol)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -178,7 +215,8 @@ def test_16bit_matches_fp32_within_roundoff(variant, head, mode):
     assert got["grads"].keys() == ref["grads"].keys()
     flat = torch.cat([got["grads"][n].flatten() for n in ref["grads"]])
     assert torch.isfinite(flat).all()
-    assert rel(flat, torch.cat([g.flatten() for g in ref["grads"].values()])) <= tol
+    # Gradients: the forward's roundings, then the backward's (two GEMMs per forward GEMM): twice the outputs' bound.
+    assert rel(flat, torch.cat([g.flatten() for g in ref["grads"].values()])) <= 2 * tol
     out = got["out"]
     if variant in ROUTED:
         assert out.expert_usage.dtype == out.router_probs.dtype == out.router_aux_loss.dtype == torch.float32
@@ -260,16 +298,20 @@ def test_routing_moving_average_stays_fp32():
 
 def test_rope_tables_stay_fp32_whatever_the_model_dtype(tmp_path):
     cfg = ModernAlbertConfig.from_preset("test")
-    exact, _ = M.RotaryEmbedding.compute_default_rope_parameters(cfg)
+    exact = {t: M.RotaryEmbedding.compute_default_rope_parameters(cfg, layer_type=t)[0]
+             for t in ("full_attention", "sliding_attention")}
+    assert not torch.equal(exact["full_attention"], exact["sliding_attention"])  # two bases
     model = ModernAlbertModel(cfg)
     model.save_pretrained(tmp_path)
     for cast in (model.to(torch.bfloat16), model.half(),
                  ModernAlbertModel.from_pretrained(tmp_path, dtype=torch.bfloat16)):
         rope = cast.rotary_emb
-        assert rope.inv_freq.dtype == torch.float32 and torch.equal(rope.inv_freq, exact)
-        assert rope.original_inv_freq.dtype == torch.float32 and torch.equal(rope.original_inv_freq, exact)
-        cos, sin = rope(torch.empty(0, dtype=torch.bfloat16), torch.arange(200))
-        assert cos.dtype == sin.dtype == torch.float32
+        for t, table in exact.items():
+            for name in (f"{t}_inv_freq", f"{t}_original_inv_freq"):
+                buffer = getattr(rope, name)
+                assert buffer.dtype == torch.float32 and torch.equal(buffer, table), name
+            cos, sin = rope(torch.empty(0, dtype=torch.bfloat16), torch.arange(200), t)
+            assert cos.dtype == sin.dtype == torch.float32
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -277,7 +319,7 @@ def test_rope_tables_stay_fp32_whatever_the_model_dtype(tmp_path):
 def test_16bit_rotation_is_computed_in_fp32_and_rounded_once(dtype, grad):
     rope = M.RotaryEmbedding(ModernAlbertConfig.from_preset("test"))
     qkv = torch.randn(50, 3, 4, 16).to(dtype).requires_grad_(grad)  # (N, 3, h, dh)
-    cos, sin = M.rope_tables(*rope(torch.empty(0), torch.arange(50) * 3))  # (N, 1, 1, dh), the signed sin
+    cos, sin = M.rope_tables(*rope(torch.empty(0), torch.arange(50) * 3, "full_attention"))  # (N, 1, 1, dh)
     expected = qkv.detach().float().clone()
     half = 8
     q_k = expected[:, :2]
@@ -301,3 +343,25 @@ def test_mol_under_autocast_traces_without_graph_breaks(mixing):
     assert y.dtype == torch.bfloat16 and stats.z_loss.dtype == torch.float32
     assert torch.equal(y, ref) and torch.equal(stats.probs, ref_stats.probs)
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+
+
+@pytest.mark.parametrize("mixing", ["weight", "output"])
+def test_mol_composes_when_autocast_reductions_return_fp32(mixing, monkeypatch):
+    """CUDA autocast runs reductions such as ``sum`` in fp32, CPU autocast does not: an fp32 value born that way
+    inside MoL must not reach its in-place 16-bit GEMMs (on CUDA, output mixing raised "mat1 and mat2 must have the
+    same dtype"). CPU stand-in for CUDA's policy: ``Tensor.sum`` returns fp32 under autocast."""
+    model = build(f"mol-{mixing}", M.ModernAlbertModel).eval()
+    mlp, x = model.groups[1].mlp, torch.randn(13, model.config.hidden_size)
+    original = torch.Tensor.sum
+
+    def fp32_sum(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        return out.float() if torch.is_autocast_enabled("cpu") and out.is_floating_point() else out
+
+    with torch.no_grad():
+        ref, _ = mlp(x)
+        monkeypatch.setattr(torch.Tensor, "sum", fp32_sum)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, stats = mlp(x)
+    assert y.dtype == torch.bfloat16 and stats.z_loss.dtype == torch.float32
+    assert rel(y.float(), ref) <= tolerance(torch.bfloat16)

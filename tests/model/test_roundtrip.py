@@ -61,6 +61,26 @@ def test_save_and_reload_gives_identical_outputs(tmp_path, auto, variants):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_mixed_layer_types_survive_save_and_load(tmp_path):
+    """An irregular attention pattern (not ModernBERT's periodic one), its window and a RoPE per layer type are saved
+    as fields and give the same outputs after loading, on rows longer than the window."""
+    pattern = ["sliding_attention", "full_attention", "sliding_attention", "sliding_attention"]
+    rope = {"full_attention": {"rope_type": "default", "rope_theta": 50_000.0},
+            "sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1_000.0}}
+    model = AutoModelForMaskedLM.from_config(small_config(layer_types=pattern, local_attention=6,
+                                                          rope_parameters=rope)).eval()
+    randomize_adapters(model)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["layer_types"] == pattern and saved["local_attention"] == 6 and saved["rope_parameters"] == rope
+    assert "global_attn_every_n_layers" not in saved
+    again = AutoModelForMaskedLM.from_pretrained(tmp_path).eval()
+    assert again.config.layer_types == pattern and again.config.rope_parameters == rope
+    ids, mask = padded_batch(lengths=(20, 9, 3))
+    with torch.no_grad():
+        assert torch.equal(again(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits)
+
+
 def test_saved_file_holds_each_shared_and_tied_tensor_once(tmp_path):
     model = AutoModelForMaskedLM.from_config(small_config()).eval()
     model.save_pretrained(tmp_path)

@@ -16,8 +16,11 @@ supplies them, each for the one purpose it serves there:
   from its default, for ``ConfigTester.check_config_arguments_init``.
 
 The model is a small *recursive* MoL configuration (2 effective layers sharing one block whose FFN is a Mixture of
-LoRAs). The experts' B matrices start at zero (a MoL layer equals the plain FFN at init, PEFT's convention), which
-would hide the experts from every output the suite compares; here they are initialised to small random values.
+LoRAs) with ModernBERT's attention pattern: the block attends globally at its first recursion position and through a
+sliding window at its second, the window (2 tokens each way) shorter than the tester's sequences, so every test runs
+both layer types; the config's ``sliding_window`` is what transformers' tests set when they test sliding windows.
+The experts' B matrices start at zero (a MoL layer equals the plain FFN at init, PEFT's convention), which would hide
+the experts from every output the suite compares; here they are initialised to small random values.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 import transformers
 from transformers import initialization
 from transformers.models.auto import modeling_auto
@@ -168,7 +172,8 @@ def _experts_start_non_zero():
 
 @dataclass
 class ModernAlbertModelTester:
-    """A recursive MoL model: 2 effective layers sharing one block (group_depth 2) whose FFN is a MoL."""
+    """A recursive MoL model: 2 effective layers sharing one block (group_depth 2) whose FFN is a MoL; layer 0
+    global, layer 1 local (ModernBERT's default pattern) with a window of 2 tokens each way."""
 
     parent: unittest.TestCase
     batch_size: int = 3
@@ -189,7 +194,10 @@ class ModernAlbertModelTester:
             vocab_size=self.vocab_size, hidden_size=self.hidden_size, embedding_size=self.embedding_size,
             num_hidden_layers=self.num_hidden_layers, group_depth=2, mol_groups=[0],
             num_attention_heads=self.num_attention_heads, intermediate_size=self.intermediate_size,
-            num_experts=4, num_experts_per_tok=2, lora_rank=4, lora_alpha=8.0,
+            num_experts=4, num_experts_per_tok=2, lora_rank=4, lora_alpha=8.0, local_attention=4,
+            # Weights large enough that attention is not uniform: with one global layer of two, the RoPE-scaling
+            # tests' outputs would otherwise differ by about their 1e-5 tolerance.
+            initializer_range=0.05,
             max_position_embeddings=self.max_position_embeddings, pad_token_id=0, bos_token_id=1, eos_token_id=2,
             cls_token_id=1, sep_token_id=2, mask_token_id=3, num_labels=self.num_labels,
         )
@@ -215,3 +223,28 @@ class ModernAlbertModelTest(common.ModelTesterMixin, unittest.TestCase):
 
     def test_config(self):
         self.config_tester.run_common_tests()
+
+    def test_sliding_window_mask(self):
+        """transformers' version tests a causal decoder's window (``use_sliding_window`` and a band that ends at the
+        query, which ``ModernBertConfig`` lacks too, so it skips there); here its bidirectional counterpart, for every
+        class: setting ``config.sliding_window`` sets the band of the local layers, whose eager probabilities vanish
+        exactly outside ``|i - j| <= sliding_window`` and nowhere inside, while the global layers attend everywhere."""
+        config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
+        seq_len = self.model_tester.seq_length
+        inputs["attention_mask"] = torch.ones(self.model_tester.batch_size, seq_len, dtype=torch.long)
+        i = torch.arange(seq_len)
+        for window in (1, 3):
+            config.sliding_window = window
+            band = (i[:, None] - i[None, :]).abs() <= window  # (L, L)
+            for model_class in self.all_model_classes:
+                model = model_class._from_config(config, attn_implementation="eager").eval()
+                batch = self._prepare_for_class(inputs, model_class)
+                with torch.no_grad():
+                    attentions = model(**batch, output_attentions=True).attentions
+                types = model.config.layer_types
+                assert types == ["full_attention", "sliding_attention"] and model.config.local_attention == 2 * window
+                for probs, layer_type in zip(attentions, types, strict=True):  # (B, h, L, L)
+                    if layer_type == "sliding_attention":
+                        assert (probs[..., ~band] == 0).all() and (probs[..., band] > 0).all(), model_class
+                    else:
+                        assert (probs > 0).all(), model_class

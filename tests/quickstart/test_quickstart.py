@@ -49,6 +49,12 @@ def test_report_numbers_are_real_and_consistent(finished):
     assert res["onnx"]["agreement_with_pytorch"] == 1.0
     assert max(res["onnx"]["max_abs_diff"].values()) < 1e-3
     assert res["merge"]["merge_info"]["form"] == "fold"
+    # The smoke profile's student mixes layer types (ModernBERT's pattern, a window shorter than the blocks): every
+    # stage ran local layers, and the merged, exported model kept them.
+    merged = json.loads((out / "merged" / "config.json").read_text())
+    assert merged["layer_types"] == ["full_attention", "sliding_attention", "sliding_attention"] * 2
+    assert merged["local_attention"] == 32
+    assert "global attention at layers 0, 3, a 32-token sliding window at the others" in report
     assert "RT sentiment" in report and "SST-2" in report  # named as the stand-in it is
     for name in ("MoL (PyTorch)", "merged (PyTorch)", "merged (ONNX Runtime)"):
         assert res["speed"][name]["tokens_per_s"] > 0

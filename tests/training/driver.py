@@ -1,7 +1,6 @@
 """Runs a recipe in a subprocess for the training tests (python driver.py RECIPE OUT [options]).
 
 --kill-at-step N     SIGKILL this process right after step N (after that step's checkpoint, if any)
---kill-in-save N     SIGKILL this process in the middle of writing the checkpoint of step N
 --grads FILE         rank 0 writes the first step's (averaged) gradients to FILE (safetensors)
 Every step's losses are appended to OUT/steps-rank{R}.jsonl as they happen.
 """
@@ -14,7 +13,6 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from modernalbert.training import checkpoint as ckpt_mod
 from modernalbert.training.recipe import Recipe
 from modernalbert.training.trainer import pretrain
 
@@ -24,7 +22,6 @@ def main() -> None:
     ap.add_argument("recipe")
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--kill-at-step", type=int)
-    ap.add_argument("--kill-in-save", type=int)
     ap.add_argument("--grads")
     args = ap.parse_args()
     recipe = Recipe.load(args.recipe, args.overrides)
@@ -37,17 +34,6 @@ def main() -> None:
             fh.write(json.dumps({"step": step, **losses}) + "\n")
         if args.kill_at_step == step:
             os.kill(os.getpid(), signal.SIGKILL)
-
-    if args.kill_in_save is not None:
-        original = ckpt_mod.torch.save
-
-        def dying_save(obj, path, *a, **k):
-            if f"step-{args.kill_in_save:07d}" in str(path):
-                Path(path).write_bytes(b"partial")  # half-written file, then the process dies
-                os.kill(os.getpid(), signal.SIGKILL)
-            return original(obj, path, *a, **k)
-
-        ckpt_mod.torch.save = dying_save
 
     def on_first_gradients(grads):
         if args.grads:

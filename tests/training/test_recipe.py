@@ -1,6 +1,7 @@
 """Recipes, schedule and optimiser groups."""
 
 import itertools
+import re
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,30 @@ def test_no_weight_decay_on_norms_biases_and_embeddings():
     assert all(p.ndim >= 2 and "embeddings" not in names[id(p)] for p in decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     assert torch.optim.AdamW([decay, no_decay])
+
+
+@pytest.mark.parametrize(("override", "says"), [
+    ("optim.lr=inf", "optim.lr=inf is invalid: expected a finite number > 0"),
+    ("optim.lr=.nan", "optim.lr=nan is invalid"),
+    ("optim.lr=0", "optim.lr=0.0 is invalid"),
+    ("optim.eps=-1e-8", "optim.eps=-1e-08 is invalid"),
+    ("optim.weight_decay=-0.01", "optim.weight_decay=-0.01 is invalid: expected a finite number >= 0"),
+    ("optim.clip_grad_norm=0", "or null for no clipping"),
+    ("optim.clip_grad_norm=-1", "optim.clip_grad_norm=-1.0 is invalid"),
+    ("optim.clip_grad_norm=inf", "optim.clip_grad_norm=inf is invalid"),
+    ("optim.betas=[0.9,1.0]", "optim.betas=[0.9, 1.0] is invalid"),
+    ("train.resume=''", "train.resume='' is invalid"),
+    ("train.resume_rng=fresh", "train.resume_rng"),
+])
+def test_optimizer_and_resume_settings_are_validated(tmp_path, override, says):
+    path = tmp_path / "r.yaml"
+    path.write_text("model:\n  preset: test\n")
+    with pytest.raises(ValueError, match=re.escape(says)):
+        Recipe.load(path, [override])
+
+
+def test_clipping_is_disabled_explicitly(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("optim:\n  clip_grad_norm: null\n")
+    assert Recipe.load(path).optim.clip_grad_norm is None
+    assert Recipe.load(path, ["optim.clip_grad_norm=0.5"]).optim.clip_grad_norm == 0.5

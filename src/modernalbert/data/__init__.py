@@ -1,4 +1,5 @@
-"""Data: packaged real sources (fetched into a cache, checksummed), text documents, and pretraining corpora."""
+"""Data: packaged real sources (fetched into a cache, checksummed), text documents, pretraining corpora, and users'
+labelled tables (CSV, TSV, JSON Lines, Parquet, CoNLL, datasets) read row by row."""
 
 from .corpus import CorpusSpec, HFDataset, PackagedText, TextFiles
 from .packing import (
@@ -10,10 +11,12 @@ from .packing import (
     tokenizer_fingerprint,
 )
 from .sources import SOURCES, cache_dir, fetch
+from .tables import TABLE_FORMATS, Table, TableError, cell_text, cell_value, read_table, table_format
 from .text import TEXT_SOURCES, Document, load_documents, read_texts, split_documents
 
 __all__ = [
     "SOURCES",
+    "TABLE_FORMATS",
     "TEXT_SOURCES",
     "BlockSampler",
     "CorpusSpec",
@@ -22,13 +25,19 @@ __all__ = [
     "PackagedText",
     "PackedBlocks",
     "StreamingPackedDataset",
+    "Table",
+    "TableError",
     "TextFiles",
     "cache_dir",
+    "cell_text",
+    "cell_value",
     "corpus_key",
     "fetch",
     "load_documents",
     "pack_texts",
+    "read_table",
     "read_texts",
     "split_documents",
+    "table_format",
     "tokenizer_fingerprint",
 ]

@@ -18,6 +18,7 @@ A corpus is written in a recipe as a plain mapping and turned into a validated :
 
 from __future__ import annotations
 
+import contextlib
 import glob as globlib
 import hashlib
 import json
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..utils.config import check_keys
+from ..utils.io import decode_utf8, read_lines
 from .sources import SOURCES
 from .text import TEXT_SOURCES, Document, load_documents
 
@@ -156,13 +158,10 @@ class TextFiles:
     def documents(self) -> Iterator[Document]:
         for path in self.files():
             try:
-                text = path.read_bytes().decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise ValueError(f"The file {str(path)!r} is not valid UTF-8 ({err}).") from err
+                data = path.read_bytes()
             except OSError as err:
                 raise ValueError(f"The file {str(path)!r} cannot be read ({err}).") from err
-            if text.startswith("\ufeff"):  # a byte-order mark is not text
-                text = text[1:]
+            text = decode_utf8(data, path)  # a byte-order mark dropped; a byte that is not UTF-8 named
             if self.per_line:
                 lines = [(i, line.strip()) for i, line in enumerate(text.splitlines())]
                 lines = [(i, line) for i, line in lines if line]
@@ -264,7 +263,12 @@ class HFDataset:
         return out
 
     def load(self) -> Any:
-        """``datasets.load_dataset`` for this source (a ``Dataset`` or, when streaming, an ``IterableDataset``)."""
+        """``datasets.load_dataset`` for this source (a ``Dataset`` or, when streaming, an ``IterableDataset``).
+
+        Raises:
+            ValueError: A local file that is not UTF-8 (file, line and byte named), where the builder would fail
+                with a ``DatasetGenerationError`` that names neither.
+        """
         from datasets import load_dataset
 
         data_files: Any = self.data_files
@@ -272,8 +276,27 @@ class HFDataset:
             data_files = [str(p) for p in self.local_files()]
         elif data_files is not None:
             data_files = list(data_files)
-        return load_dataset(self.dataset, self.config, data_files=data_files, split=self.split,
-                            streaming=self.streaming, revision=self.revision, **dict(self.load_kwargs))
+        with self._decoding_errors():
+            return load_dataset(self.dataset, self.config, data_files=data_files, split=self.split,
+                                streaming=self.streaming, revision=self.revision, **dict(self.load_kwargs))
+
+    @contextlib.contextmanager
+    def _decoding_errors(self) -> Iterator[None]:
+        # The builders decode in chunks and report a UnicodeDecodeError (inside a DatasetGenerationError) with
+        # offsets into a chunk: find the file, line and byte by reading the local files again, only on failure.
+        try:
+            yield
+        except Exception as err:
+            cause: BaseException | None = err
+            while cause is not None and not isinstance(cause, UnicodeDecodeError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            for path in self.local_files() if self.is_builder else []:
+                for _ in read_lines(path):  # raises ValueError naming file, line and byte
+                    pass
+            raise ValueError(f"dataset source {self.dataset!r}: its data is not UTF-8 text ({cause}); save the files "
+                             "as UTF-8.") from err
 
     def documents(self) -> Iterator[Document]:
         ds = self.load()
@@ -287,6 +310,10 @@ class HFDataset:
             rows = ds
         else:  # column batches from Arrow: no per-row dict construction
             rows = ({self.text_column: t} for b in ds.iter(batch_size=TOKENIZE_BATCH) for t in b[self.text_column])
+        with self._decoding_errors():  # a streaming source decodes while it is read
+            yield from self._documents(rows, label)
+
+    def _documents(self, rows: Iterable[Any], label: str) -> Iterator[Document]:
         for i, row in enumerate(rows):
             if self.text_column not in row:
                 raise ValueError(f"{label}: row {i} has no column {self.text_column!r}; its columns are "

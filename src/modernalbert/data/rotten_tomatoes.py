@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import bz2
 import csv
-import io
 import json
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..utils.io import atomic_folder
+from ..utils.io import atomic_folder, read_lines
 
 FILE = "rotten_tomatoes_corpus_full.csv.bz2"
 LABELS = ("rotten", "fresh")  # label id = index: rotten 0, fresh 1
@@ -45,7 +44,8 @@ def read_rows(path: str | os.PathLike | None = None) -> list[RTRow]:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: A row lacks a column or has an unknown category (the message names file and line).
+        ValueError: A row lacks a column or has an unknown category, or the file is not UTF-8 (the message names
+            file and line).
     """
     if path is None:
         from .sources import fetch
@@ -56,8 +56,8 @@ def read_rows(path: str | os.PathLike | None = None) -> list[RTRow]:
         raise FileNotFoundError(f"Rotten Tomatoes file {path} does not exist (run `modernalbert data fetch`).")
     opener = bz2.open if path.suffix == ".bz2" else open
     rows: list[RTRow] = []
-    with opener(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
+    with opener(path, "rb") as raw:
+        reader = csv.DictReader(read_lines(path, raw))  # a byte that is not UTF-8: file, line and byte named
         missing = {"category", "text", "movie_name"} - set(reader.fieldnames or [])
         if missing:
             raise ValueError(f"{path}: header lacks column(s) {sorted(missing)}; expected "

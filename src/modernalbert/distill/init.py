@@ -57,6 +57,15 @@ FFN width and RRT (both ModernBERT-style families)
   teacher layer (T = L): each position's LoRA is the truncated SVD of its layer's FFN weights minus the group's
   shared (mapped) weights. ``rrt_init="zero"`` keeps ``B = 0``.
 
+Attention pattern
+-----------------
+A ModernBERT or ModernAlbert teacher: the student takes the teacher's attention pattern in place of its config's
+(noted in the report): the teacher's layer types mapped to the student's *effective* layers (one to one at the same depth; at another depth the teacher's
+global-every-n-th pattern over the student's effective layers), its window (``local_attention``) and its RoPE per
+layer type (:func:`modernalbert.model.conversion.teacher_attention_pattern`). The config passed in is not modified:
+the student gets a copy. The other families keep the student config's pattern (a BERT teacher has absolute
+positions and global attention, with nothing to carry to RoPE layers).
+
 ``mapping="bert"`` (bert, roberta, xlm-roberta, camembert, electra; MiniLM is a BertModel)
 ------------------------------------------------------------------------------------------
 By the Hugging Face module structure (names relative to the base model; group g takes teacher layer(s) j as
@@ -112,6 +121,7 @@ encoder-decoder models are refused.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -133,6 +143,7 @@ from ..model.conversion import (
     layer_chunks,
     layer_count,
     modernbert_plan,
+    teacher_attention_pattern,
     teacher_tensors,
 )
 from ..model.modeling import ModernAlbertForMaskedLM, ModernAlbertPreTrainedModel, RRTGeGLU
@@ -580,6 +591,11 @@ def init_from_teacher(
     check_encoder(teacher)
     _check_vocabulary(teacher, config)
     family, notes = _choose_family(teacher, config, mapping)
+    if family in ("modernbert", "modernalbert"):  # the teacher's layer types, window and RoPE bases, on a copy
+        pattern, pattern_notes = teacher_attention_pattern(teacher.config, config.num_hidden_layers)
+        config = copy.deepcopy(config)
+        config.set_attention_pattern(**pattern)
+        notes += pattern_notes
 
     model = head_class(config)
     plan = _PLANS[family](teacher, config)

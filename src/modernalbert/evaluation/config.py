@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
+from ..data.tables import TableFormat
 from ..utils.config import typed_config
 
 # Values of FinetuneConfig.precision / RetrievalConfig.precision ("bf16" / "fp16": autocast in that dtype).
@@ -71,6 +72,56 @@ class FinetuneConfig:
         return asdict(self)
 
 
+# The tasks of `modernalbert finetune classification|regression|token-classification` (FileDataConfig).
+FileTask = Literal["classification", "regression", "token-classification"]
+FILE_TASKS: tuple[str, ...] = get_args(FileTask)
+
+
+@typed_config
+@dataclass
+class FileDataConfig:
+    """Where the examples of a user's labelled files are (see :mod:`modernalbert.data.tables` for the formats).
+
+    Attributes:
+        text_column: Column of the text; default ``"text"`` (token classification: ``"tokens"``, a list of words or
+            a string split on whitespace).
+        text_pair_column: Column of the second text of a pair (classification and regression; default: none).
+        label_column: Column of the label; default ``"label"`` (token classification: ``"tags"``, one tag per word).
+        labels: Class names (classification) or tags (token classification) in id order, comma-separated on the
+            command line; default: a dataset's ``ClassLabel`` names, else the training labels sorted (numerically
+            when they are all integers), as Hugging Face's ``run_glue`` / ``run_ner`` order them.
+        format: The files' format; default: from each file's suffix.
+        train_split: Split read from a dataset folder or Hub name given as the training data.
+        validation_split: Split read from a dataset given as the validation data.
+        test_split: Split read from a dataset given as the test data.
+        dataset_config: Configuration of a Hub dataset (``datasets.load_dataset(name, config)``).
+        max_train_examples: Train on a fixed subsample of this many examples (default: all).
+        max_eval_examples: Score a fixed subsample of this many examples of each evaluation file (default: all).
+    """
+
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    label_column: str | None = None
+    labels: tuple[str, ...] | None = None
+    format: TableFormat | None = None
+    train_split: str = "train"
+    validation_split: str = "validation"
+    test_split: str = "test"
+    dataset_config: str | None = None
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+
+    def validate_ranges(self) -> None:
+        for name in ("max_train_examples", "max_eval_examples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"FileDataConfig.{name}={getattr(self, name)!r} is invalid: expected >= 1.")
+        if self.labels is not None and (len(set(self.labels)) != len(self.labels) or not all(self.labels)):
+            raise ValueError(f"FileDataConfig.labels={self.labels!r} is invalid: give distinct, non-empty names.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @typed_config
 @dataclass
 class RetrievalConfig:
@@ -86,6 +137,8 @@ class RetrievalConfig:
         chunk_size: Documents embedded and scored at once (bounded memory).
         use_faiss: Search with a faiss ``IndexFlatIP`` (same hits; pip install 'modernalbert[faiss]').
         ignore_identical_ids: Drop hits whose document id equals the query id (BEIR's default).
+        metric_semantics: How a judged query without hits counts: ``"beir"`` (left out of the means, as BEIR
+            reports) or ``"trec_eval"`` (counts as 0, ``trec_eval -c``).
         k_values: Metric cut-offs.
         max_queries: Evaluate a seeded sample of this many queries (the whole corpus is still searched).
         seed: Seed of the query sample.
@@ -103,6 +156,7 @@ class RetrievalConfig:
     chunk_size: int = 50000
     use_faiss: bool = field(default=False, metadata={"flag": "faiss"})
     ignore_identical_ids: bool = True
+    metric_semantics: Literal["beir", "trec_eval"] = "beir"
     k_values: tuple[int, ...] = (10, 100)
     max_queries: int | None = None
     seed: int = 0
@@ -148,4 +202,5 @@ class ContrastiveConfig:
             raise ValueError(f"mine_top_k must be >= 1, got {self.mine_top_k}.")
 
 
-__all__ = ["PRECISIONS", "ContrastiveConfig", "FinetuneConfig", "Precision", "RetrievalConfig"]
+__all__ = ["FILE_TASKS", "PRECISIONS", "ContrastiveConfig", "FileDataConfig", "FileTask", "FinetuneConfig", "Precision",
+           "RetrievalConfig"]

@@ -16,11 +16,18 @@ Result forms: ``"lowrank"`` (exact adapter: ``B = s [w_1 B_1 ... ]``, ``A = [A_1
 the dense delta to ``rank``; full rank equals ``lowrank``), ``"fold"`` (``W + dW`` written into the FFN weight: a plain
 backbone, zero inference overhead). MoL is placed per group and a group's FFN serves exactly the G positions that
 route through it, so folding never needs an untied copy of a weight that a non-MoL position shares (reported as 0).
+``"svd"`` needs its ``rank``: there is no principled default truncation, and at full rank it equals ``"lowrank"``, so
+an SVD merge without a rank would compress nothing while saying it did.
+
 All arithmetic is fp32 whatever the model's dtype (as PEFT's merge does), and the merged model keeps the source
 model's dtype: a bf16 model merges into a bf16 model (a folded bf16 checkpoint is then smaller than the unmerged
-one, not an fp32 one twice its size). Non-finite results, in fp32 or after the cast back (fp16 overflows above
-65504), are refused. The merged model has no router; its config records how it was merged
-(``config.merge_info``) and it saves / loads like any ModernAlbert model.
+one, not an fp32 one twice its size). One finiteness policy holds for every form: a tensor the merge reads (the
+group's FFN weights, its experts, the per-expert weights) that holds NaN or inf is refused before any arithmetic,
+naming the group and the tensor, and so is a result that overflows fp32 or the model's dtype after the cast back
+(fp16 overflows above 65504); nothing is merged then.
+
+The merged model has no router; its config records how it was merged (``config.merge_info``) and it saves / loads
+like any ModernAlbert model.
 """
 
 from __future__ import annotations
@@ -141,20 +148,32 @@ def _adapter_factors(module: MoLGeGLU, w: torch.Tensor, space: str) -> list[tupl
     return out
 
 
-def _check_finite(group: int, *tensors: torch.Tensor) -> None:
-    for t in tensors:
-        if not torch.isfinite(t).all():
-            raise ValueError(
-                f"Merging group {group} produced non-finite values in {t.dtype} (the experts hold inf/NaN, or the "
-                "merged weights overflow that dtype): check the checkpoint, or merge the model in float32 "
-                "(model.float()); nothing was written."
-            )
+def _check_finite(group: int, tensors: Mapping[str, torch.Tensor], *, result: bool = False) -> None:
+    """The one finiteness policy of every merge form: refuse NaN / inf, naming the group and the tensor."""
+    for name, t in tensors.items():
+        bad = int((~torch.isfinite(t.detach())).sum())
+        if bad:
+            short = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(t.dtype, str(t.dtype))
+            what = (f"its merged value overflows {short} (the experts are finite but too large)" if result else
+                    "the checkpoint is damaged or its training diverged")
+            fix = (" (or merge the model in float32: model.float())" if result and t.dtype != torch.float32
+                   else " (e.g. an earlier one)")
+            raise ValueError(f"merge_experts: group {group}: {name} holds {bad} non-finite value(s) (NaN or inf): "
+                             f"{what}. Nothing was merged; merge a finite checkpoint{fix}.")
 
 
-def _cast_checked(group: int, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """An fp32 merge result cast back to the model's dtype, refused if the cast overflows."""
-    out = t.contiguous().to(dtype)
-    _check_finite(group, out)
+def _check_group_inputs(module: MoLGeGLU, prefix: str, g: int, w: torch.Tensor) -> None:
+    """Every tensor the merge of group ``g`` reads, before any arithmetic (an SVD of NaN fails deep inside
+    LAPACK; a low-rank merge would carry the NaN into the saved model)."""
+    names = ("Wi.weight", "Wo.weight", "lora_A1", "lora_B1", "lora_A2", "lora_B2")
+    tensors = {prefix + n: module.get_parameter(n) for n in names}
+    _check_finite(g, {**tensors, f"the expert weights of group {g}": w})
+
+
+def _cast_checked(group: int, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """fp32 merge results cast back to the model's dtype, refused if the cast overflows."""
+    out = {k: v.contiguous().to(dtype) for k, v in tensors.items()}
+    _check_finite(group, out, result=True)
     return out
 
 
@@ -172,7 +191,9 @@ def _check_options(model: ModernAlbertPreTrainedModel, groups: dict[int, MoLGeGL
         raise ValueError(f"merge_experts: rank={rank} applies to form='svd' only (form={form!r} is exact).")
     if form == "svd":
         possible = min(native, cfg.hidden_size, cfg.intermediate_size)
-        rank = possible if rank is None else rank
+        if rank is None:
+            raise ValueError(f"merge_experts: form='svd' needs rank=R, the rank to truncate to (1 to {possible} "
+                             f"here; {possible} keeps everything, as form='lowrank' does exactly).")
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= possible:
             raise ValueError(
                 f"merge_experts: rank={rank} is impossible: the {space} adapter has rank at most {possible} "
@@ -188,24 +209,27 @@ def _merge_group(state: dict[str, torch.Tensor], prefix: str, module: MoLGeGLU, 
     for key in [k for k in state if k.startswith(prefix) and k[len(prefix):].split(".")[0]
                 in ("router", "lora_A1", "lora_B1", "lora_A2", "lora_B2", "routing_ema", "routing_ema_updates")]:
         del state[key]
+    _check_group_inputs(module, prefix, g, w)
     (B1, A1), (B2, A2) = _adapter_factors(module, w, space)
+    # The dense deltas, (out, in) each, checked in every form: finite factors can still multiply past fp32.
+    deltas = {f"{prefix}Wi's merged delta": B1 @ A1, f"{prefix}Wo's merged delta": B2 @ A2}
+    _check_finite(g, deltas, result=True)
+    dW1, dW2 = deltas.values()
     if form == "svd":
         factored = []
-        for B, A in ((B1, A1), (B2, A2)):
-            U, S, Vh = torch.linalg.svd(B @ A, full_matrices=False)  # (out, in) delta
+        for delta in (dW1, dW2):
+            U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
             factored.append((U[:, :rank] * S[:rank], Vh[:rank]))  # (out, R), (R, in)
         (B1, A1), (B2, A2) = factored
-    _check_finite(g, B1, A1, B2, A2)
     dtype = module.Wi.weight.dtype
     if form == "fold":
-        W1 = module.Wi.weight.detach().float().cpu() + B1 @ A1
-        W2 = module.Wo.weight.detach().float().cpu() + B2 @ A2
-        _check_finite(g, W1, W2)
-        state[prefix + "Wi.weight"], state[prefix + "Wo.weight"] = (_cast_checked(g, W1, dtype),
-                                                                    _cast_checked(g, W2, dtype))
+        folded = {prefix + "Wi.weight": module.Wi.weight.detach().float().cpu() + dW1,
+                  prefix + "Wo.weight": module.Wo.weight.detach().float().cpu() + dW2}
+        _check_finite(g, folded, result=True)
+        state.update(_cast_checked(g, folded, dtype))
     else:
-        for name, t in (("lora_A1", A1), ("lora_B1", B1), ("lora_A2", A2), ("lora_B2", B2)):
-            state[prefix + name] = _cast_checked(g, t, dtype)
+        merged = {prefix + "lora_A1": A1, prefix + "lora_B1": B1, prefix + "lora_A2": A2, prefix + "lora_B2": B2}
+        state.update(_cast_checked(g, merged, dtype))
 
 
 def _rebuild(model: ModernAlbertPreTrainedModel, config: Any,

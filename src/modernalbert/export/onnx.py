@@ -1,7 +1,13 @@
 """ONNX export of any ModernAlbert model (merged or not), checked with ONNX Runtime, and int8 dynamic quantisation.
 
-The graph takes ``input_ids`` and ``attention_mask`` (int64; (batch, sequence), or (batch, choices, sequence) for
-multiple choice; every axis dynamic) and returns the head's natural outputs (router statistics are not exported):
+The graph takes ``input_ids`` and ``attention_mask`` ((batch, sequence), or (batch, choices, sequence) for multiple
+choice; every axis dynamic), int64 by default (what tokenizers return with ``return_tensors="np"``) or int32
+(``input_dtype="int32"``, for runtimes that hold token ids in 32 bits): an ONNX graph input has one element type, so
+the choice is made at export; :func:`run_onnx` casts a batch to whatever the graph declares. With
+``token_type_ids=True`` the graph also takes ``token_type_ids`` (BERT-family tokenizers return them), accepted and
+ignored: ModernAlbert has no segment embedding. ``modernalbert export onnx`` declares exactly the inputs the model's
+tokenizer returns (its ``model_input_names``), so ``session.run(None, dict(tokenizer(texts, return_tensors="np")))``
+works as it is. The graph returns the head's natural outputs (router statistics are not exported):
 
 ========================================  ======================================================================
 class                                     outputs
@@ -24,6 +30,13 @@ pads, exactly as in eager mode. Routed (MoL/MoA) groups export as they are: thei
 static-shape (top-k gate as an (N, E) matrix). The graph does not re-check inputs: token ids must lie in
 ``[0, vocab_size)`` and sequences must not exceed ``max_position_embeddings``, as the tokenizer ensures.
 
+Weights reach every matrix product as initializers: the exporter leaves a reshape or transpose of a large weight
+(the stacked experts ``lora_A1.view(E*r, d)``, above its 8192-element folding limit) as a node computed at run time,
+which ONNX Runtime's int8 quantiser cannot quantise and, where one weight serves two recursion positions, rewrote
+into an invalid graph ("Duplicate definition of name"). Such weight-only layout nodes are folded into initializers
+after the export (:func:`fold_weight_layouts`), and every int8 graph is checked (``onnx.checker`` and an ONNX
+Runtime session) before it is moved into place.
+
 Files: the graph and its weights are one ``.onnx`` file while the weights fit the 2 GB protobuf limit; above it
 they go to ``<name>.data`` beside the graph (ONNX external data, referenced by that relative name, so the two must
 stay together). Both are written into a temporary folder next to the destination and moved into place with
@@ -32,11 +45,13 @@ stay together). Both are written into a temporary folder next to the destination
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
+import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +61,18 @@ from torch import nn
 
 from ..model import modeling
 from ..model.modeling import ModernAlbertModel, ModernAlbertPreTrainedModel
-from ..utils.io import staging_folder
+from ..utils.io import staging_folder, usual_permissions
 
 DEFAULT_OPSET = 18
 POOLINGS = ("mean", "cls")
 INPUT_NAMES = ("input_ids", "attention_mask")
+TOKEN_TYPE_IDS = "token_type_ids"  # accepted and ignored (ModernAlbert has no segment embedding)
+INPUT_DTYPES = {"int64": torch.int64, "int32": torch.int32}
+# Weight-only nodes that only rearrange a weight: folded into initializers after the export (see the module notes).
+LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Concat", "Slice", "Split",
+                        "Identity", "Cast"})
+
+logger = logging.getLogger(__name__)
 
 # Head class name -> output names, in the graph's order.
 OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
@@ -81,16 +103,22 @@ class OnnxMismatchError(RuntimeError):
 
 
 class _ExportModule(nn.Module):
-    """Plain-tensor view of a ModernAlbert model: (input_ids, attention_mask) -> tuple of named outputs."""
+    """Plain-tensor view of a ModernAlbert model: (input_ids, attention_mask[, token_type_ids]) -> tuple of named
+    outputs."""
 
-    def __init__(self, model: ModernAlbertPreTrainedModel, pooling: str | None):
+    def __init__(self, model: ModernAlbertPreTrainedModel, pooling: str | None, token_type_ids: bool = False):
         super().__init__()
         self.model = model
         self.pooling = pooling
         self.is_base = isinstance(model, ModernAlbertModel)
         self.names = output_names(model, pooling)
+        self.input_names = (*INPUT_NAMES, TOKEN_TYPE_IDS) if token_type_ids else INPUT_NAMES
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        # token_type_ids is a graph input so that a BERT-family tokenizer's output feeds the graph as it is; it is
+        # not read (no segment embedding). int32 ids become int64 inside the graph (a no-op for int64 inputs).
+        input_ids, attention_mask = input_ids.long(), attention_mask.long()
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
         if self.is_base:
             hidden = out.last_hidden_state  # (B, L, d)
@@ -139,7 +167,8 @@ def _routed_groups(model: ModernAlbertPreTrainedModel) -> list[int]:
     return [g for g, blk in enumerate(base.groups) if getattr(blk.mlp, "routed", False)]
 
 
-def _example_inputs(model: ModernAlbertPreTrainedModel) -> tuple[torch.Tensor, torch.Tensor]:
+def _example_inputs(model: ModernAlbertPreTrainedModel, dtype: torch.dtype = torch.int64,
+                    token_type_ids: bool = False) -> tuple[torch.Tensor, ...]:
     """A small padded batch to trace with. Each dynamic axis gets a size >= 2 (torch.export specialises sizes 0
     and 1), and one row is padded so that the trace sees a real mask."""
     cfg = model.config
@@ -151,13 +180,14 @@ def _example_inputs(model: ModernAlbertPreTrainedModel) -> tuple[torch.Tensor, t
     ids = ids.masked_fill(mask == 0, cfg.pad_token_id or 0)
     if isinstance(model, modeling.ModernAlbertForMultipleChoice):
         ids, mask = ids[:, None].expand(2, 2, L).contiguous(), mask[:, None].expand(2, 2, L).contiguous()  # (B, C, L)
-    return ids, mask
+    inputs = (ids, mask, torch.zeros_like(ids)) if token_type_ids else (ids, mask)
+    return tuple(t.to(dtype) for t in inputs)
 
 
-def _dynamic_shapes(model: ModernAlbertPreTrainedModel) -> dict[str, dict[int, Any]]:
+def _dynamic_shapes(model: ModernAlbertPreTrainedModel, names: Sequence[str] = INPUT_NAMES) -> dict[str, dict]:
     from torch.export import Dim
 
-    # Both inputs share the same Dim objects: the model checks that their shapes agree.
+    # All inputs share the same Dim objects: the model checks that their shapes agree.
     batch = Dim("batch", min=1)
     # The model refuses sequences longer than max_position_embeddings; the bound tells the tracer so.
     sequence = Dim("sequence", min=1, max=model.config.max_position_embeddings)
@@ -165,13 +195,51 @@ def _dynamic_shapes(model: ModernAlbertPreTrainedModel) -> dict[str, dict[int, A
         axes = {0: batch, 1: Dim("choices", min=1), 2: sequence}
     else:
         axes = {0: batch, 1: sequence}
-    return {name: axes for name in INPUT_NAMES}
+    return {name: axes for name in names}
+
+
+def fold_weight_layouts(model: Any) -> bool:
+    """Fold every node that only rearranges weights (reshape, transpose, ... of initializers) into an initializer.
+
+    The exporter's own constant folding stops at 8192-element inputs, so e.g. the stacked expert matrix
+    ``lora_A1.view(E*r, d)`` of a larger model stays a node computed at run time: ONNX Runtime's int8 quantiser
+    then leaves that weight in fp32 and, where the node feeds two matrix products (one weight shared by two
+    recursion positions), writes an invalid graph (two ``Transpose`` nodes defining the same name). Folded, every
+    matrix product reads an initializer. Weights used elsewhere as they are keep their copy (measured: the folded
+    graph is not larger).
+
+    Args:
+        model: The exported ``onnx_ir.Model`` (``ONNXProgram.model``), changed in place.
+
+    Returns:
+        Whether anything was folded.
+    """
+    from onnxscript.optimizer import fold_constants, remove_unused_nodes
+
+    sizes = [v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None]
+    limit = max(sizes, default=0)
+
+    def layout_only(node: Any) -> bool | None:  # None: the folder's default rules (small constants only)
+        return True if node.domain == "" and node.op_type in LAYOUT_OPS else None
+
+    folded = fold_constants(model, input_size_limit=limit, output_size_limit=limit, should_fold=layout_only)
+    remove_unused_nodes(model)
+    return bool(folded)
+
+
+@contextlib.contextmanager
+def _stage(what: str) -> Iterator[None]:
+    # Progress for a library user who turns logging on; the command line shows its own stages.
+    logger.info("%s ...", what)
+    start = time.perf_counter()
+    yield
+    logger.info("%s: %.1f s", what, time.perf_counter() - start)
 
 
 # ============================================================================================== atomic writes
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
+def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
     """Run ``write(tmp_path)`` in a temporary folder beside ``path``, then move what it wrote into place.
 
     Files other than the graph (ONNX external data) move first, the graph last. A stale ``<name>.data`` left by an
@@ -184,6 +252,7 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
         if not written or written[-1].name != path.name:
             raise OnnxExportError(f"Nothing was written to {path}.")
         for f in written:
+            usual_permissions(f)
             os.replace(f, path.parent / f.name)
         stale = path.parent / f"{path.name}.data"
         if stale.exists() and all(f.name != stale.name for f in written):
@@ -195,26 +264,33 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
 
 
 def export_onnx(model: ModernAlbertPreTrainedModel, path: str | os.PathLike, *, opset: int | None = None,
-                pooling: str | None = None) -> Path:
+                pooling: str | None = None, token_type_ids: bool = False, input_dtype: str = "int64") -> Path:
     """Export a ModernAlbert model or head to ONNX with dynamic batch (and choices) and sequence axes.
 
     Args:
         model: Any ModernAlbert class; merged or with routed (MoL/MoA) groups. Exported in eval mode, in its own
-            dtype: a bf16 / fp16 model gives a bf16 / fp16 graph, with routing and RoPE tables in fp32 inside as in
-            PyTorch (fp32 is what ONNX Runtime's CPU kernels are fast and exact in; its CPU provider runs fp16
-            graphs, looser by fp16 rounding, but has no bf16 GEMM). Its train/eval mode is restored.
+            dtype: an fp16 model gives an fp16 graph, with routing and RoPE tables in fp32 inside as in PyTorch
+            (fp32 is what ONNX Runtime's CPU kernels are fast and exact in; its CPU provider runs fp16 graphs,
+            looser by fp16 rounding). A bf16 model is refused before anything is exported: the exporter's bf16
+            graph does not pass ONNX's own checker (``ConstantOfShape`` has no bf16 output type) and ONNX
+            Runtime's CPU provider has no bf16 GEMM; export ``model.float()`` (or ``model.half()``). Its
+            train/eval mode is restored.
         path: Destination ``.onnx`` file (parent folders are created).
         opset: ONNX opset, 18 (the default, the exporter's own) or higher.
         pooling: Base model only: also output ``sentence_embedding`` (B, d), ``"mean"`` over real tokens or
             ``"cls"`` (first real token).
+        token_type_ids: Also take a ``token_type_ids`` input (accepted and ignored), as BERT-family tokenizers
+            return one.
+        input_dtype: Element type of the inputs, ``"int64"`` (the default) or ``"int32"``.
 
     Returns:
-        The path of the written graph.
+        The path of the written graph (checked with :func:`check_graph` before it was moved into place).
 
     Raises:
-        ValueError: Unknown class or pooling, pooling on a head, opset below 18, or an attention implementation
-            that cannot be traced (FlashAttention).
-        OnnxExportError: The exporter failed; for models with routed groups the message names merging as the fix.
+        ValueError: Unknown class, pooling or input dtype, pooling on a head, opset below 18, a bf16 model, or
+            an attention implementation that cannot be traced (FlashAttention).
+        OnnxExportError: The exporter failed (for models with routed groups the message names merging as the
+            fix), or wrote an invalid graph; nothing is written then.
     """
     names = output_names(model, pooling)
     _require("onnxscript", "onnx")
@@ -226,8 +302,14 @@ def export_onnx(model: ModernAlbertPreTrainedModel, path: str | os.PathLike, *, 
     if opset < DEFAULT_OPSET:
         # The exporter implements opset 18 and up; below that it silently keeps 18 when conversion fails.
         raise ValueError(f"opset {opset} is not supported: the ONNX exporter writes opset >= {DEFAULT_OPSET}.")
-    wrapper = _ExportModule(model, pooling)
-    example = _example_inputs(model)
+    if input_dtype not in INPUT_DTYPES:
+        raise ValueError(f"input_dtype={input_dtype!r} is invalid: use one of {list(INPUT_DTYPES)}.")
+    if model.dtype == torch.bfloat16:
+        raise ValueError("Cannot export a bf16 model to ONNX: the exported bf16 graph is not valid ONNX "
+                         "(ConstantOfShape has no bf16 output) and ONNX Runtime's CPU provider has no bf16 GEMM. "
+                         "Export model.float() (exact, fastest on CPU) or model.half(); nothing was written.")
+    wrapper = _ExportModule(model, pooling, token_type_ids)
+    example = _example_inputs(model, INPUT_DTYPES[input_dtype], token_type_ids)
     was_training = model.training
     model.eval()
     # The exporter's own notices (deprecations inside torch, dynamic-shape renames, torchvision ops it could not
@@ -236,13 +318,14 @@ def export_onnx(model: ModernAlbertPreTrainedModel, path: str | os.PathLike, *, 
     registry_level = registry_log.level
     registry_log.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with _stage(f"ONNX export of {type(model).__name__} (torch.export, then ONNX translation)"), \
+                warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", UserWarning)
             program = torch.onnx.export(
                 wrapper, example, None, dynamo=True, opset_version=opset, verbose=False,
-                input_names=list(INPUT_NAMES), output_names=list(names),
-                dynamic_shapes=_dynamic_shapes(model),
+                input_names=list(wrapper.input_names), output_names=list(names),
+                dynamic_shapes=_dynamic_shapes(model, wrapper.input_names),
             )
     except Exception as err:
         routed = _routed_groups(model)
@@ -253,9 +336,17 @@ def export_onnx(model: ModernAlbertPreTrainedModel, path: str | os.PathLike, *, 
     finally:
         model.train(was_training)
         registry_log.setLevel(registry_level)
+    with _stage("folding weight layouts into initializers"):
+        fold_weight_layouts(program.model)
     program.model.metadata_props[META_ARCHITECTURE] = _architecture(model)
     program.model.metadata_props[META_POOLING] = pooling or ""
-    return _write_atomically(Path(path), lambda tmp: program.save(tmp))
+
+    def write(tmp: Path) -> None:
+        program.save(tmp)
+        with _stage("checking the graph (onnx.checker, ONNX Runtime)"):
+            check_graph(tmp)
+
+    return write_atomically(Path(path), write)
 
 
 def _has_external_data(onnx_path: Path) -> bool:
@@ -265,9 +356,37 @@ def _has_external_data(onnx_path: Path) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
-def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+def check_graph(onnx_path: str | os.PathLike, *, what: str = "graph") -> None:
+    """Check a written graph the two ways a user's tools will: ``onnx.checker`` (full check, with shape inference)
+    and an ONNX Runtime session (when onnxruntime is installed).
+
+    Raises:
+        OnnxExportError: The graph is invalid (the message names the file and the checker's or runtime's reason).
+    """
+    import onnx
+
+    path = Path(onnx_path)
+    try:
+        onnx.checker.check_model(str(path), full_check=True)  # by path: graphs with external data too
+        if importlib.util.find_spec("onnxruntime") is not None:
+            inference_session(path)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OnnxExportError(f"The {what} written for {path.name} is invalid ({type(err).__name__}: {reason}); "
+                              "nothing was written in its place.") from err
+
+
+def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, *, per_channel: bool = False,
+                  nodes_to_quantize: Sequence[str] | None = None) -> Path:
     """Dynamic int8 quantisation (ONNX Runtime ``quantize_dynamic``): int8 weights (QInt8), activations quantised
     on the fly per batch. Suits CPU inference; quality is checked with :func:`compare_onnx`.
+
+    With ``nodes_to_quantize`` only those ``MatMul`` nodes are quantised, and only where their weight is a constant
+    (ONNX Runtime's ``MatMulConstBOnly``): the recipe of the deployment graph (:mod:`.ort_graph`), whose attention
+    products, norms and embedding table stay fp32. ``per_channel`` gives every output channel of a weight its own
+    scale (ONNX Runtime's ``per_channel``) instead of one per tensor.
+
+    The int8 graph is checked (:func:`check_graph`) before it is moved into place: an invalid one is never written.
 
     Args:
         onnx_path: An fp32 graph written by :func:`export_onnx`.
@@ -278,8 +397,10 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike) -> 
 
     Raises:
         FileNotFoundError: ``onnx_path`` does not exist.
+        OnnxExportError: The quantiser failed or wrote an invalid graph (nothing is written to ``out_path``).
     """
     _require("onnxruntime", "onnx")
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     onnx_path = Path(onnx_path)
@@ -295,11 +416,24 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike) -> 
         level = root.level
         root.setLevel(logging.ERROR)
         try:
-            quantize_dynamic(onnx_path, tmp, weight_type=QuantType.QInt8, use_external_data_format=external)
+            with _stage(f"int8 quantisation of {onnx_path.name}"):
+                options: dict[str, Any] = {}
+                if nodes_to_quantize is not None:
+                    options = dict(op_types_to_quantize=["MatMul"], nodes_to_quantize=list(nodes_to_quantize),
+                                   extra_options={"MatMulConstBOnly": True,
+                                                  "DefaultTensorType": TensorProto.FLOAT})
+                quantize_dynamic(onnx_path, tmp, weight_type=QuantType.QInt8, use_external_data_format=external,
+                                 per_channel=per_channel, **options)
+        except Exception as err:
+            raise OnnxExportError(f"int8 quantisation of {onnx_path} failed ({type(err).__name__}: "
+                                  f"{str(err).strip().splitlines()[0] if str(err).strip() else 'no message'}); "
+                                  "nothing was written.") from err
         finally:
             root.setLevel(level)
+        with _stage("checking the int8 graph (onnx.checker, ONNX Runtime)"):
+            check_graph(tmp, what="int8 graph")
 
-    return _write_atomically(Path(out_path), write)
+    return write_atomically(Path(out_path), write)
 
 
 # ============================================================================================== verification
@@ -321,17 +455,45 @@ def inference_session(onnx_path: str | os.PathLike) -> Any:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _as_numpy_batch(batch: Mapping[str, Any] | Sequence[Any]) -> dict[str, np.ndarray]:
+_NUMPY_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def feed(session: Any, batch: Mapping[str, Any] | Sequence[Any]) -> dict[str, np.ndarray]:
+    """The inputs of ``session`` from a batch, as the graph declares them.
+
+    Integer arrays are cast to the graph's element type (int32 or int64: either feeds either graph); a
+    ``token_type_ids`` the graph does not take is dropped, and one it takes but the batch lacks is zeros (it is
+    ignored anyway).
+
+    Args:
+        session: An ONNX Runtime session of a graph written by :func:`export_onnx`.
+        batch: A mapping (e.g. a tokenizer's output) or an ``(input_ids, attention_mask)`` pair, of tensors or
+            arrays.
+
+    Raises:
+        ValueError: ``input_ids`` or ``attention_mask`` is missing, or not an integer array.
+    """
     items = dict(batch) if isinstance(batch, Mapping) else dict(zip(INPUT_NAMES, batch))
     missing = [n for n in INPUT_NAMES if items.get(n) is None]
     if missing:
         raise ValueError(f"Each batch needs {INPUT_NAMES}; missing {missing}.")
     out = {}
-    for name in INPUT_NAMES:
-        v = items[name]
+    for inp in session.get_inputs():
+        v = items.get(inp.name)
+        if v is None and inp.name == TOKEN_TYPE_IDS:
+            v = np.zeros(np.shape(items["input_ids"]), dtype=np.int64)
+        if v is None:
+            raise ValueError(f"The graph takes {inp.name!r}, which the batch lacks.")
         v = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
-        out[name] = v.astype(np.int64)
+        if not np.issubdtype(v.dtype, np.integer):
+            raise ValueError(f"{inp.name} must hold integers, got {v.dtype}.")
+        out[inp.name] = v.astype(_NUMPY_TYPES.get(inp.type, np.int64), copy=False)
     return out
+
+
+def run_onnx(session: Any, batch: Mapping[str, Any] | Sequence[Any]) -> dict[str, np.ndarray]:
+    """Run a graph written by :func:`export_onnx` on a batch (see :func:`feed`); returns output name -> array."""
+    return _run(session, feed(session, batch))
 
 
 def _run(session: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -368,7 +530,7 @@ def verify_onnx(model: ModernAlbertPreTrainedModel, onnx_path: str | os.PathLike
     shapes = []
     try:
         for batch in batches:
-            inputs = _as_numpy_batch(batch)
+            inputs = feed(session, batch)
             shapes.append(inputs["input_ids"].shape)
             got = _run(session, inputs)
             with torch.no_grad():
@@ -422,8 +584,8 @@ def compare_onnx(reference_path: str | os.PathLike, candidate_path: str | os.Pat
     ref_session, cand_session = inference_session(reference_path), inference_session(candidate_path)
     stats: dict[str, dict[str, list[float]]] = {}
     for batch in batches:
-        inputs = _as_numpy_batch(batch)
-        ref, cand = _run(ref_session, inputs), _run(cand_session, inputs)
+        inputs = feed(ref_session, batch)
+        ref, cand = _run(ref_session, inputs), _run(cand_session, feed(cand_session, batch))
         for name, r in ref.items():
             s = stats.setdefault(name, {"diff": [], "cos": []})
             s["diff"].append(float(np.abs(r.astype(np.float64) - cand[name]).max()) if r.size else 0.0)
@@ -459,14 +621,20 @@ def synthetic_batches(model: ModernAlbertPreTrainedModel, seed: int = 0) -> list
 
 __all__ = [
     "DEFAULT_OPSET",
+    "INPUT_DTYPES",
     "OUTPUT_NAMES",
+    "TOKEN_TYPE_IDS",
     "OnnxExportError",
     "OnnxMismatchError",
+    "check_graph",
     "compare_onnx",
     "export_onnx",
+    "feed",
+    "fold_weight_layouts",
     "inference_session",
     "output_names",
     "quantize_int8",
+    "run_onnx",
     "synthetic_batches",
     "verify_onnx",
 ]

@@ -24,9 +24,13 @@ def autocast_disabled(device_type: str) -> contextlib.AbstractContextManager:
     """
     import torch  # here, not at module level: the utils package imports nothing heavy
 
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
+    # torch.is_autocast_enabled, not torch.amp.is_autocast_available: torch.compile before 2.13 cannot trace the
+    # latter (a graph break inside every MoL layer); a device type without autocast raises instead.
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False) if enabled else contextlib.nullcontext()
 
 
 __all__ = ["autocast_disabled"]

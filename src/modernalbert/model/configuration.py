@@ -11,6 +11,22 @@ G = L is ALBERT's single shared block.
 In ALBERT's vocabulary, K is ``num_hidden_groups`` (exposed here as a read-only property) and ALBERT's
 ``inner_group_num`` is always 1: a group is one block, repeated G times.
 
+Attention pattern
+-----------------
+As in ModernBERT, every *effective* layer attends either globally (``"full_attention"``) or through a sliding window
+(``"sliding_attention"``): ``layer_types`` holds one type per effective layer (transformers' 5.x form), by default
+ModernBERT's pattern, global at every ``global_attn_every_n_layers``-th layer (3) counting from layer 0 and local
+elsewhere. A local layer lets each token attend to the tokens at most ``local_attention // 2`` positions away on either
+side (``local_attention = 128``: 64 each way, the token itself included, so 129 keys at most; ModernBERT's
+``sliding_window`` property is that half-width). Each type has its own RoPE in ``rope_parameters``, keyed by layer
+type: base 160,000 for global layers and 10,000 for local ones (ModernBERT's defaults).
+
+The pattern follows effective layers, not blocks, so one shared block attends globally at one recursion position and
+locally at another (attention has no parameter that depends on its type). Worked example: L = 12, G = 3,
+``global_attn_every_n_layers=3`` gives global layers 0, 3, 6 and 9: each of the K = 4 blocks attends globally at its
+first recursion position and locally at its other two. With L = 16, G = 2 (the ``tiny`` preset) the global layers are
+0, 3, 6, 9, 12 and 15: block 0 runs global then local, block 1 local then global, block 2 local twice.
+
 FFN variants
 ------------
 Every group owns one GeGLU FFN. ``ffn_variants`` (one entry per group) says what modulates it:
@@ -47,10 +63,16 @@ from huggingface_hub.dataclasses import strict, validated_field
 from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
-from transformers.modeling_rope_utils import RopeParameters
 from transformers.utils import logging
 
 FFN_VARIANTS = ("glu", "mol", "rrt", "moa", "lora")
+# ModernBERT's layer types (transformers' names) and the RoPE base of each (ModernBertConfig.default_theta).
+LAYER_TYPES = ("full_attention", "sliding_attention")
+DEFAULT_ROPE_THETA = {"full_attention": 160_000.0, "sliding_attention": 10_000.0}
+# ModernBERT's default pattern: global attention every third effective layer, a window of 128 tokens elsewhere.
+DEFAULT_GLOBAL_ATTN_EVERY_N_LAYERS = 3
+# ModernBERT's pattern, written out in the presets whose teacher is ModernBERT.
+_MODERNBERT_ATTENTION = dict(global_attn_every_n_layers=3, local_attention=128)
 MOL_MIXING = ("output", "weight")
 POOLING = ("cls", "mean")
 
@@ -81,8 +103,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # follow the DESIGN table (L, G). tiny and large are tuned (our choice) so that the MaskedLM checkpoint
     # lands in the paper's 50M-120M range: tiny L = 16 instead of 14 (no G divides 14 into a 45-55M model),
     # large G = 6 instead of 8 (K = 8 groups; G = 8 gives 85M). See README "Presets".
+    # Attention (our choice, the paper does not say): ModernBERT's pattern over the effective layers (global every
+    # third layer, a 128-token window elsewhere, RoPE bases 160,000 / 10,000), since the teacher is ModernBERT.
     "tiny": dict(
         **_MODERNBERT_TOKENS,
+        **_MODERNBERT_ATTENTION,
         hidden_size=768,
         num_attention_heads=12,
         intermediate_size=1152,
@@ -97,6 +122,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "medium": dict(
         **_MODERNBERT_TOKENS,
+        **_MODERNBERT_ATTENTION,
         hidden_size=1024,
         num_attention_heads=16,
         intermediate_size=2624,
@@ -111,6 +137,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "base": dict(
         **_MODERNBERT_TOKENS,
+        **_MODERNBERT_ATTENTION,
         hidden_size=1024,
         num_attention_heads=16,
         intermediate_size=2624,
@@ -125,6 +152,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "large": dict(
         **_MODERNBERT_TOKENS,
+        **_MODERNBERT_ATTENTION,
         hidden_size=1024,
         num_attention_heads=16,
         intermediate_size=2624,
@@ -138,9 +166,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         lora_alpha=32.0,
     ),
     # --- Our small presets for CPU demos and tests (not the paper's).
-    # "mini": width 384 and the BERT WordPiece vocabulary, to match the packaged all-MiniLM-L6-v2 teacher.
+    # "mini": width 384 and the BERT WordPiece vocabulary, to match the packaged all-MiniLM-L6-v2 teacher; global
+    # attention in every layer, as that teacher (a BERT) attends, over its 512-token context.
     "mini": dict(
         **_BERT_TOKENS,
+        global_attn_every_n_layers=1,
         hidden_size=384,
         num_attention_heads=6,
         intermediate_size=768,
@@ -154,8 +184,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         lora_alpha=16.0,
         max_position_embeddings=512,
     ),
-    # "test": a few-hundred-thousand-parameter model for unit tests.
+    # "test": a few-hundred-thousand-parameter model for unit tests. ModernBERT's pattern (layers 0 and 3 global,
+    # 1 and 2 local: each of its two blocks runs both types) with an 8-token window (4 each way), so that the short
+    # sequences of the tests reach past the window and every test exercises mixed layer types.
     "test": dict(
+        global_attn_every_n_layers=3,
+        local_attention=8,
         vocab_size=512,
         pad_token_id=0,
         bos_token_id=1,
@@ -188,10 +222,16 @@ STANDARD_KWARGS = frozenset({
     "_experts_implementation_internal", "per_layer_config", "tie_last_hidden_states", "rope_scaling", "rope_theta",
     "auto_map", "custom_pipelines", "quantization_config", "fusion_config", "use_cache", "gradient_checkpointing",
     "finetuning_task", "tokenizer_class",
+    # ModernBERT's keyword for its attention pattern: it seeds ``layer_types`` and is not stored.
+    "global_attn_every_n_layers",
 })
 # Fields a saved config.json may lack, because no output depends on them (``output_router_logits``) or because they
 # may come under their legacy name (``rope_parameters`` as ``rope_theta``).
 OPTIONAL_WHEN_LOADING = frozenset({"output_router_logits", "rope_parameters"})
+# Fields that configs saved before the attention pattern existed lack: such a config loads with global attention in
+# every layer, what its model computed (``local_attention`` is then unused). A config that has ``layer_types`` must
+# have ``local_attention`` too.
+ATTENTION_FIELDS = ("layer_types", "local_attention")
 logger = logging.get_logger(__name__)
 
 
@@ -243,9 +283,20 @@ class ModernAlbertConfig(PreTrainedConfig):
         num_hidden_layers: Effective depth L.
         group_depth: Layers per shared block G; L must be divisible by G.
         hidden_activation: Activation of the GeGLU gate branch (a ``transformers.activations.ACT2FN`` name).
-        rope_parameters: RoPE, transformers' 5.x form ``{"rope_type": ..., "rope_theta": ...}``; default
-            ``{"rope_type": "default", "rope_theta": 160000.0}`` (ModernBERT's global base). Any transformers RoPE
-            type (``linear``, ``dynamic``, ``yarn``, ...) applies. Configs saved with ``rope_theta`` still load.
+        layer_types: ``"full_attention"`` (global) or ``"sliding_attention"`` (local) for each of the L *effective*
+            layers (see the module docstring: a shared block takes the type of each position it runs at). Default:
+            ModernBERT's pattern from ``global_attn_every_n_layers``.
+        global_attn_every_n_layers: ModernBERT's keyword (not stored): effective layer i attends globally when
+            ``i % n == 0`` and locally otherwise; 3 by default (ModernBERT-base and -large), 1 for global attention
+            everywhere. Only used to build ``layer_types`` when that is not given; both together must agree.
+        local_attention: Window of the local layers in tokens (ModernBERT's field and default, 128): a token
+            attends to the tokens at most ``local_attention // 2`` positions away (``config.sliding_window``), on
+            either side, in its row of the batch (transformers' bidirectional sliding-window mask).
+        rope_parameters: RoPE per layer type, transformers' 5.x form as in ``ModernBertConfig``:
+            ``{"full_attention": {"rope_type": ..., "rope_theta": ...}, "sliding_attention": {...}}``; default
+            bases 160,000 (global) and 10,000 (local), ModernBERT's. Any transformers RoPE type (``linear``,
+            ``dynamic``, ``yarn``, ...) applies per layer type. A flat dict (the form saved before layer types, or
+            the legacy ``rope_theta``) is the RoPE of every layer type (transformers' backward-compatible reading).
         max_position_embeddings: The pretraining context length (scaled RoPE types extrapolate beyond it).
         norm_eps: LayerNorm epsilon (all norms are bias-free).
         initializer_range: Std of the truncated-normal init; output projections use
@@ -302,7 +353,9 @@ class ModernAlbertConfig(PreTrainedConfig):
     """
 
     model_type = "modernalbert"
-    default_theta = 160_000.0
+    default_theta = DEFAULT_ROPE_THETA["full_attention"]
+    # transformers reads RoPE parameters nested under these keys (both, whatever layer_types holds).
+    _rope_type_labels = LAYER_TYPES
     # What Trainer's evaluation leaves out of the logits it hands to compute_metrics.
     keys_to_ignore_at_inference: ClassVar[list[str]] = [
         "router_logits", "router_aux_loss", "router_z_loss", "expert_usage", "router_probs",
@@ -316,7 +369,9 @@ class ModernAlbertConfig(PreTrainedConfig):
     num_hidden_layers: int = _field(_at_least(1), 16)
     group_depth: int = _field(_at_least(1), 2)
     hidden_activation: str = _field(_activation, "gelu")
-    rope_parameters: RopeParameters | dict | None = None
+    layer_types: list[Literal["full_attention", "sliding_attention"]] | None = None
+    local_attention: int = _field(_at_least(1), 128)
+    rope_parameters: dict | None = None
     max_position_embeddings: int = _field(_at_least(1), 8192)
     norm_eps: float = _field(_at_least(0.0, strict_bound=True), 1e-5)
     initializer_range: float = _field(_at_least(0.0, strict_bound=True), 0.02)
@@ -353,7 +408,19 @@ class ModernAlbertConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs: Any) -> None:
         self.check_keys(kwargs, where="ModernAlbertConfig")
         self._resolve_ffn_variants()
+        self._resolve_layer_types(kwargs.pop("global_attn_every_n_layers", None))
         super().__post_init__(**kwargs)
+
+    def convert_rope_params_to_dict(self, **kwargs: Any) -> dict[str, Any]:
+        """``rope_parameters`` in the nested per-layer-type form (see the class docstring); the legacy ``rope_theta``
+        and ``rope_scaling`` keywords, when given without ``rope_parameters``, form the flat dict of every type."""
+        rope_scaling, rope_theta = kwargs.pop("rope_scaling", None), kwargs.pop("rope_theta", None)
+        params = self.rope_parameters
+        if params is None and (rope_scaling is not None or rope_theta is not None):
+            params = {**(rope_scaling or {}), **({} if rope_theta is None else {"rope_theta": rope_theta})}
+        self.rope_parameters = nested_rope_parameters(params)
+        self.standardize_rope_params()
+        return kwargs
 
     # ------------------------------------------------------------------------------------------------ derived
     @property
@@ -374,6 +441,29 @@ class ModernAlbertConfig(PreTrainedConfig):
     def group_of_layer(self, layer: int) -> int:
         """The group (unique block) that effective layer ``layer`` runs."""
         return layer // self.group_depth
+
+    @property
+    def sliding_window(self) -> int:
+        """Half-width of the local layers' window, ``local_attention // 2`` (ModernBERT's property, read by
+        transformers' sliding-window masks): a token attends to those at most this many positions away."""
+        return self.local_attention // 2
+
+    @sliding_window.setter
+    def sliding_window(self, value: int) -> None:
+        self.local_attention = 2 * value
+
+    def set_attention_pattern(self, layer_types: list[str], local_attention: int,
+                              rope_parameters: dict[str, Any] | None) -> None:
+        """Set the attention pattern (layer types, window, RoPE per type) in place and validate it.
+
+        Raises:
+            ValueError: Naming the field: a wrong number of layer types, an unknown type, a bad window or RoPE.
+        """
+        self.layer_types = list(layer_types)
+        self.local_attention = local_attention
+        self.rope_parameters = nested_rope_parameters(copy.deepcopy(rope_parameters))
+        self.standardize_rope_params()
+        self.validate()
 
     # -------------------------------------------------------------------------------------------- keys
     @classmethod
@@ -418,7 +508,8 @@ class ModernAlbertConfig(PreTrainedConfig):
         if not cls._is_saved(config_dict):
             return
         own = {f.name for f in fields(cls)} - {f.name for f in fields(PreTrainedConfig)}
-        missing = sorted(k for k in own - OPTIONAL_WHEN_LOADING if k not in config_dict)
+        optional = OPTIONAL_WHEN_LOADING | (set() if "layer_types" in config_dict else set(ATTENTION_FIELDS))
+        missing = sorted(k for k in own - optional if k not in config_dict)
         if "rope_parameters" not in config_dict and "rope_theta" not in config_dict:
             missing.append("rope_parameters")
         if missing:
@@ -445,6 +536,9 @@ class ModernAlbertConfig(PreTrainedConfig):
         extra = {}
         if cls._is_saved(config_dict):
             cls.check_saved_keys(config_dict)
+            if "layer_types" not in config_dict:
+                # Saved before the attention pattern existed: its model attended globally in every layer.
+                config_dict = {**config_dict, "layer_types": ["full_attention"] * config_dict["num_hidden_layers"]}
             valid = cls.valid_keys()
             extra = {k: v for k, v in config_dict.items() if k not in valid}
             if extra:
@@ -487,9 +581,31 @@ class ModernAlbertConfig(PreTrainedConfig):
         if self.head_dim % 2:
             raise ValueError(f"num_attention_heads={self.num_attention_heads}: RoPE needs an even head size, got "
                              f"hidden_size / heads = {self.head_dim}.")
-        theta = (self.rope_parameters or {}).get("rope_theta")
-        if not isinstance(theta, (int, float)) or isinstance(theta, bool) or not theta > 0:
-            raise ValueError(f"rope_parameters={self.rope_parameters!r}: rope_theta must be a number > 0.")
+        for layer_type in LAYER_TYPES:
+            theta = (self.rope_parameters or {}).get(layer_type, {}).get("rope_theta")
+            if not isinstance(theta, (int, float)) or isinstance(theta, bool) or not theta > 0:
+                raise ValueError(f"rope_parameters={self.rope_parameters!r}: rope_theta of {layer_type!r} must be a "
+                                 "number > 0.")
+
+    def validate_attention_pattern(self) -> None:
+        """One layer type per effective layer."""
+        if self.layer_types is None or len(self.layer_types) != self.num_hidden_layers:
+            raise ValueError(f"layer_types={self.layer_types!r}: expected {self.num_hidden_layers} entries (one per "
+                             f"effective layer) from {list(LAYER_TYPES)}.")
+
+    def _resolve_layer_types(self, every_n: Any) -> None:
+        """``layer_types`` from ModernBERT's ``global_attn_every_n_layers`` (default 3) when not given."""
+        if every_n is None and self.layer_types is not None:
+            return
+        n = DEFAULT_GLOBAL_ATTN_EVERY_N_LAYERS if every_n is None else every_n
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"ModernAlbertConfig.global_attn_every_n_layers={every_n!r} is invalid: expected an "
+                             "integer >= 1 (1 = global attention in every layer).")
+        pattern = modernbert_layer_types(self.num_hidden_layers, n)
+        if self.layer_types is not None and list(self.layer_types) != pattern:
+            raise ValueError(f"ModernAlbertConfig.layer_types={self.layer_types!r} contradicts "
+                             f"global_attn_every_n_layers={n} ({pattern}): pass only one of them.")
+        self.layer_types = pattern
 
     def validate_recursion(self) -> None:
         """The group depth divides the depth, and there is one FFN variant per group."""
@@ -529,8 +645,37 @@ class ModernAlbertConfig(PreTrainedConfig):
         values = copy.deepcopy(PRESETS[name])
         if "ffn_variants" in overrides and "mol_groups" not in overrides:
             values.pop("mol_groups", None)  # the full form replaces the preset's short form
+        if "layer_types" in overrides and "global_attn_every_n_layers" not in overrides:
+            values.pop("global_attn_every_n_layers", None)  # likewise for the attention pattern
         values.update(overrides)
         return cls(**values)
+
+
+def modernbert_layer_types(num_layers: int, global_attn_every_n_layers: int) -> list[str]:
+    """ModernBERT's pattern: layer i is global when ``i % n == 0``, local otherwise (``ModernBertConfig``)."""
+    return ["sliding_attention" if i % global_attn_every_n_layers else "full_attention" for i in range(num_layers)]
+
+
+def nested_rope_parameters(params: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """RoPE parameters keyed by layer type, each with its ``rope_type`` and ``rope_theta`` (defaults: ``"default"``
+    and :data:`DEFAULT_ROPE_THETA`). ``None`` gives the defaults; a flat dict (no layer-type key) is copied to every
+    type; a nested dict gets its missing types' defaults.
+
+    Raises:
+        ValueError: A dict that mixes layer-type keys with other keys.
+    """
+    params = {} if params is None else dict(params)
+    nested = [k for k in params if k in LAYER_TYPES]
+    if nested and len(nested) != len(params):
+        raise ValueError(f"rope_parameters={params!r} mixes layer-type keys {nested} with other keys: key every "
+                         f"entry by layer type ({list(LAYER_TYPES)}), or pass one flat dict for every type.")
+    out = {}
+    for layer_type in LAYER_TYPES:
+        entry = dict(params.get(layer_type) or {}) if nested else dict(params)
+        entry.setdefault("rope_type", entry.pop("type", "default"))
+        entry.setdefault("rope_theta", DEFAULT_ROPE_THETA[layer_type])
+        out[layer_type] = entry
+    return out
 
 
 def _value_errors(cls: type) -> type:
@@ -563,5 +708,5 @@ def _value_errors(cls: type) -> type:
 _value_errors(ModernAlbertConfig)
 ModernAlbertConfig.register_for_auto_class()  # save_pretrained copies this file next to the weights (remote code)
 
-__all__ = ["FFN_VARIANTS", "MOL_MIXING", "PRESETS", "STANDARD_KWARGS",
-           "ModernAlbertConfig"]
+__all__ = ["DEFAULT_ROPE_THETA", "FFN_VARIANTS", "LAYER_TYPES", "MOL_MIXING", "PRESETS", "STANDARD_KWARGS",
+           "ModernAlbertConfig", "modernbert_layer_types", "nested_rope_parameters"]

@@ -17,11 +17,14 @@ writes it into the student, the same way for every family:
 
 ModernBERT maps one to one (fused ``Wqkv``, ``Wo``, ``Wi`` with its GeGLU input and gate halves in the same order,
 ``Wo``, every norm; teacher layer 0 has no attention norm, so a student block that needs one there keeps ones).
-Teacher layers with sliding-window attention are mapped all the same (the student attends globally) and noted.
+The student also takes the teacher's attention pattern (:func:`teacher_attention_pattern`): its layer types mapped
+to the student's effective layers, its window and its RoPE per layer type. Attention has no parameter that depends on
+its type, so a block mapped from a global teacher layer may attend locally at another recursion position.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from dataclasses import dataclass, field
@@ -30,6 +33,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .configuration import LAYER_TYPES, modernbert_layer_types, nested_rope_parameters
 from .modeling import ModernAlbertForMaskedLM, ModernAlbertPreTrainedModel
 
 LAYER_ASSIGNMENTS = ("pick", "average")
@@ -142,14 +146,55 @@ def modernbert_plan(teacher: nn.Module, config) -> MappingPlan:
         plan.head = {k: TensorSource(fp32(full[k]), k) for k in ("head.dense.weight", "head.norm.weight",
                                                                   "decoder.bias") if k in full}
         used |= set(plan.head)
-    local = [i for i, t in enumerate(getattr(tcfg, "layer_types", None) or []) if t == "sliding_attention"]
-    if local:
-        plan.notes.append(f"teacher layers {local} use sliding-window attention; the student attends globally")
     plan.notes += activation_notes(tcfg, config)
     bias_note = dropped_bias_note(teacher, used, base_prefix)
     if bias_note:
         plan.notes.append(bias_note)
     return plan
+
+
+def _period(layer_types: list[str]) -> int | None:
+    """The n for which ``layer_types`` is ModernBERT's global-every-n-th pattern, if any."""
+    return next((n for n in range(1, len(layer_types) + 1)
+                 if list(layer_types) == modernbert_layer_types(len(layer_types), n)), None)
+
+
+def teacher_attention_pattern(tcfg, num_layers: int) -> tuple[dict, list[str]]:
+    """A ModernBERT teacher's attention pattern for a student of ``num_layers`` effective layers.
+
+    Layer types: the teacher's, one to one, at the same depth; at another depth, ModernBERT's global-every-n-th
+    pattern over the student's effective layers when the teacher's types are that pattern (ModernBERT-base and
+    -large: n = 3), else effective layer i takes teacher layer ``floor(i T / L)``'s type (our choice). The window
+    (``local_attention``) and the RoPE per layer type are copied.
+
+    Args:
+        tcfg: The teacher's ``ModernBertConfig``.
+        num_layers: The student's effective depth L.
+
+    Returns:
+        ``(fields, notes)``: the keyword arguments of ``ModernAlbertConfig.set_attention_pattern`` and what was done,
+        in words.
+    """
+    types = list(getattr(tcfg, "layer_types", None) or ["full_attention"] * tcfg.num_hidden_layers)
+    T = len(types)
+    period = _period(types)
+    if num_layers == T:
+        student = types
+        how = "the teacher's layer types, one to one"
+    elif period is not None:
+        student = modernbert_layer_types(num_layers, period)
+        how = (f"the teacher's pattern (global every {period} layer(s)) over the student's {num_layers} effective "
+               f"layers (the teacher has {T})")
+    else:
+        student = [types[i * T // num_layers] for i in range(num_layers)]
+        how = f"effective layer i takes the type of teacher layer floor(i * {T} / {num_layers})"
+    rope = {t: dict(p) for t, p in (tcfg.rope_parameters or {}).items() if t in LAYER_TYPES} or tcfg.rope_parameters
+    fields = dict(layer_types=student, local_attention=int(tcfg.local_attention), rope_parameters=rope)
+    local = [i for i, t in enumerate(student) if t == "sliding_attention"]
+    thetas = ", ".join(f"{t} {p.get('rope_theta')}" for t, p in nested_rope_parameters(copy.deepcopy(rope)).items())
+    note = (f"attention pattern from the teacher: {how}; local (window {tcfg.local_attention}) at effective layers "
+            f"{local or 'none'}; RoPE bases {thetas}")
+    return fields, [note]
 
 
 @torch.no_grad()
@@ -279,8 +324,10 @@ def load_modernbert_weights(
     """Fill ``model`` in place from a ModernBERT model (``transformers.ModernBertModel`` or any ModernBERT head
     model), a local checkpoint folder or a Hub id.
 
-    With ``group_depth=1`` and as many groups as the teacher has layers, the student reproduces the teacher's hidden
-    states (and MLM logits) exactly.
+    The model also takes the teacher's attention pattern (layer types, window, RoPE per layer type; see
+    :func:`teacher_attention_pattern`): ``model.config`` is updated in place. With ``group_depth=1`` and as many
+    groups as the teacher has layers, the student reproduces the teacher's hidden states (and MLM logits) exactly,
+    local layers included.
 
     Args:
         model: Any ModernAlbert model (base or head class). Width, heads, FFN width and vocabulary must match the
@@ -322,7 +369,11 @@ def load_modernbert_weights(
     dense = getattr(getattr(teacher, "head", None), "dense", None)
     if isinstance(model, ModernAlbertForMaskedLM) and dense is not None and dense.bias is not None:
         raise ValueError("The teacher's MLM head has a dense bias (classifier_bias=True); the student has none.")
-    return apply_plan(model, modernbert_plan(teacher, cfg), layer_assignment)
+    pattern, notes = teacher_attention_pattern(tcfg, cfg.num_hidden_layers)
+    model.base_model.set_attention_pattern(**pattern)
+    report = apply_plan(model, modernbert_plan(teacher, cfg), layer_assignment)
+    report.notes += notes
+    return report
 
 
 __all__ = [
@@ -338,5 +389,6 @@ __all__ = [
     "layer_count",
     "load_modernbert_weights",
     "modernbert_plan",
+    "teacher_attention_pattern",
     "teacher_tensors",
 ]

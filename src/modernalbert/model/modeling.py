@@ -14,7 +14,13 @@ Token-wise work (embeddings, norms, FFN/MoL, router, heads) runs on the N real t
 attention receives what its implementation needs (each sequence's own rows for SDPA in eager CPU calls, a padded
 (B, L) view for SDPA elsewhere and for every implementation of transformers' attention interface, cu_seqlens for
 FlashAttention varlen). Pads never reach the router or its statistics. Per forward, the layout of the batch
-(indices, key mask) and the RoPE tables are built once and shared by every layer.
+(indices, key mask, sliding-window band), the masks of transformers' attention interface and the RoPE tables (one
+pair per distinct RoPE of the layer types) are built once and shared by every layer.
+
+Attention pattern (ModernBERT's): each *effective* layer is global or local (``config.layer_types``), so a shared
+block may attend globally at one recursion position and locally at another; local layers see the tokens at most
+``config.sliding_window`` (= ``local_attention // 2``) positions away. SDPA computes local layers blocked, in
+O(N w) (:func:`_sdpa_banded`), never through an (L, L) mask; FlashAttention through its ``window_size``.
 
 Outputs follow transformers' conventions: the default outputs are what any encoder returns; the router outputs
 come on request (``output_router_logits``, as in Mixtral and Switch); the router losses enter the loss whenever
@@ -28,7 +34,7 @@ import itertools
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar, NamedTuple
 
@@ -38,7 +44,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.loss.loss_utils import fixed_cross_entropy
-from transformers.masking_utils import create_bidirectional_mask
+from transformers.masking_utils import create_bidirectional_mask, create_bidirectional_sliding_window_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutput,
@@ -55,7 +61,7 @@ from transformers.utils import TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple
 
 from .autocast import autocast_disabled
-from .configuration import ModernAlbertConfig
+from .configuration import LAYER_TYPES, ModernAlbertConfig
 
 logger = logging.get_logger(__name__)
 
@@ -151,8 +157,11 @@ class Layout:
     seq_len: int
     cu_seqlens: torch.Tensor  # (B + 1,) int32
     key_mask: torch.Tensor | None  # (B, 1, 1, L) bool, True = attend; None = no padding
-    # The mask transformers builds for an implementation of its attention interface (set per forward when used).
-    interface_mask: Any = None
+    # The masks transformers builds for an implementation of its attention interface, by layer type (set per
+    # forward when used).
+    interface_masks: dict[str, Any] = field(default_factory=dict)
+    # Sliding-window band masks of :func:`_sdpa_banded`, by half-width (built on first use, shared by the layers).
+    bands: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @property
     def padded(self) -> bool:
@@ -170,6 +179,35 @@ class Layout:
         attention of eager CPU calls."""
         return [b - a for a, b in itertools.pairwise(self.cu_seqlens.tolist())]
 
+    def band(self, window: int) -> torch.Tensor:
+        """The (nb, 1, b, 3b) bool mask of :func:`_sdpa_banded` for half-width ``window`` (block size b), built once
+        per forward and window: query i of block j may attend key c of the three blocks j-1, j, j+1 when both
+        tokens are in the same row of the batch and at most ``window`` positions apart in it.
+
+        Positions are those of the padded (B, L) row (``indices % L``), as transformers' sliding-window mask counts
+        them (``|q_idx - kv_idx| <= window``), so a row whose mask has holes gets its answer too. The rows padding
+        the stream to whole blocks (and the zero block on each side) belong to no sequence (row -1): they attend
+        each other, which keeps their softmax finite, and no real token attends them.
+        """
+        if window not in self.bands:
+            b = _band_block(window)
+            n = self.indices.shape[0]
+            nb = (n + b - 1) // b  # blocks covering the N tokens
+            pad = (b, nb * b - n + b)  # a zero block before, the tail and a zero block after
+            # Row and position of every (B, L) slot, gathered at the real tokens (arange and expand rather than
+            # indices // L and % L: ONNX export cannot divide by the symbolic L).
+            B, L, device = self.batch_size, self.seq_len, self.indices.device
+            row = torch.arange(B, device=device)[:, None].expand(B, L).reshape(-1)  # (B*L,)
+            pos = torch.arange(L, device=device)[None, :].expand(B, L).reshape(-1)  # (B*L,)
+            if self.padded:
+                row, pos = row.index_select(0, self.indices), pos.index_select(0, self.indices)  # (N,) each
+            row, pos = F.pad(row, pad, value=-1), F.pad(pos, pad, value=0)  # ((nb+2)b,) each
+            row_q, pos_q = row[b:b + nb * b].view(nb, b, 1), pos[b:b + nb * b].view(nb, b, 1)  # (nb, b, 1)
+            row_k, pos_k = row.unfold(0, 3 * b, b)[:, None], pos.unfold(0, 3 * b, b)[:, None]  # (nb, 1, 3b)
+            allowed = (row_q == row_k) & ((pos_q - pos_k).abs() <= window)  # (nb, b, 3b)
+            self.bands[window] = allowed[:, None]  # (nb, 1, b, 3b), broadcast over heads
+        return self.bands[window]
+
 
 def make_layout(attention_mask: torch.Tensor | None, batch_size: int, seq_len: int,
                 device: torch.device) -> Layout:
@@ -184,10 +222,11 @@ def make_layout(attention_mask: torch.Tensor | None, batch_size: int, seq_len: i
         mask = attention_mask.bool()
         lengths = mask.sum(-1, dtype=torch.int32)  # (B,)
         indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()  # (N,)
-        if _is_exporting():
-            # N is data-dependent in a traced graph. Promising N >= 1 lets reductions over the N rows trace without
-            # a guard on N == 0; the promise is not checked at run time, and a batch without any real token still
-            # runs (to zeros) in the exported graph.
+        if torch.compiler.is_compiling():
+            # N is data-dependent under torch.export / torch.compile. Promising N >= 1 lets reductions over the N
+            # rows trace without a guard on N == 0; the promise is not checked at run time, and a batch without any
+            # real token still runs (to zeros) in the exported graph. (torch.jit.trace and the legacy ONNX exporter
+            # record shapes as tensors, which torch._check cannot take, and need no promise.)
             torch._check(indices.shape[0] >= 1)
         # A row with no real token would make softmax see only -inf (NaN); let it attend everywhere instead.
         # Its outputs are never gathered, so this only keeps the kernel finite.
@@ -237,45 +276,54 @@ class Fp32BuffersMixin:
 
 
 class RotaryEmbedding(Fp32BuffersMixin, nn.Module):
-    """GPT-NeoX (rotate-half) rotary embedding with transformers' RoPE types (``config.rope_parameters``:
-    ``default``, ``linear``, ``dynamic``, ``yarn``, ...), computed by transformers' own RoPE functions.
+    """GPT-NeoX (rotate-half) rotary embedding with transformers' RoPE types (``default``, ``linear``, ``dynamic``,
+    ``yarn``, ...), one per layer type (``config.rope_parameters[layer_type]``: ModernBERT's bases 160,000 global
+    and 10,000 local), computed by transformers' own RoPE functions. Buffers and attributes are named per layer type
+    as in transformers' ``ModernBertRotaryEmbedding`` (``{layer_type}_inv_freq``, ...), the names its
+    ``dynamic_rope_update`` reads.
 
-    ``inv_freq`` and the tables are fp32 whatever the model's dtype (a bf16 ``inv_freq`` would shift every angle
-    by up to 2^-8 relative, i.e. whole radians at long positions)."""
+    The inverse frequencies and the tables are fp32 whatever the model's dtype (a bf16 ``inv_freq`` would shift
+    every angle by up to 2^-8 relative, i.e. whole radians at long positions)."""
 
-    _fp32_buffers = ("inv_freq", "original_inv_freq")
+    _fp32_buffers = tuple(f"{t}_{name}" for t in LAYER_TYPES for name in ("inv_freq", "original_inv_freq"))
 
     def __init__(self, config: ModernAlbertConfig, device: torch.device | None = None):
         super().__init__()
         self.config = config
-        self.rope_type = config.rope_parameters["rope_type"]
         self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
-        inv_freq, self.attention_scaling = self.rope_init_fn(config, device)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+        self.rope_type = {t: config.rope_parameters[t]["rope_type"] for t in LAYER_TYPES}
+        for layer_type in LAYER_TYPES:
+            inv_freq, scaling = self.rope_init_fn(layer_type)(config, device, layer_type=layer_type)
+            self.register_buffer(f"{layer_type}_inv_freq", inv_freq, persistent=False)
+            self.register_buffer(f"{layer_type}_original_inv_freq", inv_freq.clone(), persistent=False)
+            setattr(self, f"{layer_type}_attention_scaling", scaling)
 
-    @property
-    def rope_init_fn(self) -> Callable[..., tuple[torch.Tensor, float]]:
-        return (self.compute_default_rope_parameters if self.rope_type == "default"
-                else ROPE_INIT_FUNCTIONS[self.rope_type])
+    def rope_init_fn(self, layer_type: str) -> Callable[..., tuple[torch.Tensor, float]]:
+        """transformers' function computing the inverse frequencies of ``layer_type``'s RoPE type."""
+        rope_type = self.rope_type[layer_type]
+        return self.compute_default_rope_parameters if rope_type == "default" else ROPE_INIT_FUNCTIONS[rope_type]
 
     @staticmethod
     def compute_default_rope_parameters(config: ModernAlbertConfig, device: torch.device | None = None,
-                                        seq_len: int | None = None, **kwargs: Any) -> tuple[torch.Tensor, float]:
-        """Plain RoPE: ``inv_freq = theta^(-2i / dh)`` (dh/2,), fp32, and no output scaling."""
+                                        seq_len: int | None = None, layer_type: str = "full_attention",
+                                        **kwargs: Any) -> tuple[torch.Tensor, float]:
+        """Plain RoPE: ``inv_freq = theta^(-2i / dh)`` (dh/2,) with ``layer_type``'s base, fp32, no output scaling."""
         dim = config.head_dim
-        base = config.rope_parameters["rope_theta"]
+        base = config.rope_parameters[layer_type]["rope_theta"]
         inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim))  # (dh/2,)
         return inv_freq, 1.0
 
     @torch.no_grad()
     @dynamic_rope_update  # "dynamic" / "longrope" types recompute inv_freq for long inputs
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """fp32 ``(cos, sin)`` tables, each ``(*position_ids.shape, dh)``, whatever the dtype of ``x`` (which
-        gives the device only): the tables are constants, kept fp32 in every precision mode."""
-        freqs = position_ids[..., None].float() * self.inv_freq.float()  # (..., dh/2)
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor,
+                layer_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp32 ``(cos, sin)`` tables of ``layer_type``'s RoPE, each ``(*position_ids.shape, dh)``, whatever the
+        dtype of ``x`` (which gives the device only): the tables are constants, kept fp32 in every precision mode."""
+        inv_freq = getattr(self, f"{layer_type}_inv_freq")
+        scaling = getattr(self, f"{layer_type}_attention_scaling")
+        freqs = position_ids[..., None].float() * inv_freq.float()  # (..., dh/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (..., dh)
-        return emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
+        return emb.cos() * scaling, emb.sin() * scaling
 
 
 def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -341,14 +389,47 @@ def apply_rotary(qkv: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor)
 # Two kinds of implementation. Our unpadded ones (``UNPADDED_ATTENTION_FUNCTIONS``: "sdpa" and
 # "flash_attention_2") map the rotated (N, 3, h, dh) q/k/v of the real tokens to (N, h, dh) directly. Every other
 # name ("eager", or any function registered in transformers' ``AttentionInterface``) is looked up in
-# ``ALL_ATTENTION_FUNCTIONS`` and runs on the padded (B, h, L, dh) batch with the mask transformers builds for it.
+# ``ALL_ATTENTION_FUNCTIONS`` and runs on the padded (B, h, L, dh) batch with the mask transformers builds for it
+# (its sliding-window mask for local layers). ``window`` is the local layers' half-width (``config.sliding_window``),
+# None for global layers.
 
 
-def _sdpa_attention(qkv: torch.Tensor, layout: Layout, dropout: float) -> torch.Tensor:
-    """SDPA, the cheapest exact form per case: per sequence for padded batches in eager CPU calls, else one call."""
+def _sdpa_attention(qkv: torch.Tensor, layout: Layout, dropout: float, window: int | None = None) -> torch.Tensor:
+    """SDPA, the cheapest exact form per case: local layers blocked (:func:`_sdpa_banded`) unless the window spans
+    every row; global ones per sequence for padded batches in eager CPU calls, else one call."""
+    if window is not None and (_is_exporting() or layout.seq_len - 1 > window):
+        return _sdpa_banded(qkv, layout, dropout, window)
+    # (Here every row fits in the window, so a local layer is a global one: no mask needed.)
     if layout.padded and qkv.device.type == "cpu" and not _is_exporting():
         return _sdpa_per_sequence(qkv, layout, dropout)
     return _sdpa_padded(qkv, layout, dropout)
+
+
+def _band_block(window: int) -> int:
+    """Block size of :func:`_sdpa_banded`: the half-width, so that a block's keys lie in it and its two neighbours."""
+    return max(window, 1)
+
+
+def _sdpa_banded(qkv: torch.Tensor, layout: Layout, dropout: float, window: int) -> torch.Tensor:
+    """Exact sliding-window attention in O(N w) time and memory: the local layers' SDPA path (eager and traced).
+
+    The N real tokens, in layout order (each sequence contiguous), are cut into blocks of b = w tokens (w the
+    half-width). A query of block j attends keys at most w positions away, so within blocks j-1, j and j+1: one
+    SDPA call over the nb blocks, each with its b queries against those 3b keys, and the fixed-size band mask of
+    :meth:`Layout.band` (same row of the batch, distance <= w; built once per forward). The 3b-key windows are
+    strided views of one padded copy of the projection (``unfold``), not copies. Cost: 3bN = 3wN scores against
+    the (2w + 1)N a token needs, instead of the L^2 of a dense sliding mask.
+    """
+    n, _, h, dh = qkv.shape
+    b = _band_block(window)
+    band = layout.band(window)  # (nb, 1, b, 3b)
+    nb = band.shape[0]
+    padded = F.pad(qkv, (0, 0, 0, 0, 0, 0, b, nb * b - n + b))  # ((nb+2)b, 3, h, dh): zero blocks at both ends
+    q = padded[b:b + nb * b].view(nb, b, 3, h, dh)[:, :, 0].transpose(1, 2)  # (nb, h, b, dh)
+    windows = padded.unfold(0, 3 * b, b)  # (nb, 3, h, dh, 3b): rows (j-1)b .. (j+2)b of block j, a view
+    k, v = windows[:, 1].transpose(-1, -2), windows[:, 2].transpose(-1, -2)  # (nb, h, 3b, dh) each
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=band, dropout_p=dropout)  # (nb, h, b, dh)
+    return out.transpose(1, 2).reshape(nb * b, h, dh)[:n]  # (N, h, dh), the tail's rows dropped
 
 
 def _sdpa_padded(qkv: torch.Tensor, layout: Layout, dropout: float) -> torch.Tensor:
@@ -403,8 +484,12 @@ def _check_flash_inputs(qkv: torch.Tensor) -> None:
         )
 
 
-def _flash_varlen_attention(qkv: torch.Tensor, layout: Layout, dropout: float) -> torch.Tensor:
-    """FlashAttention 2 varlen on the packed real tokens: no padding, no mask; sequences located by cu_seqlens."""
+def _flash_varlen_attention(qkv: torch.Tensor, layout: Layout, dropout: float, window: int | None = None
+                            ) -> torch.Tensor:
+    """FlashAttention 2 varlen on the packed real tokens: no padding, no mask; sequences located by cu_seqlens.
+    Local layers pass ``window_size=(w, w)`` (the kernel's bounds are inclusive: w keys each side, as transformers'
+    ModernBERT passes them). The kernel counts distances in real tokens: for a row whose attention mask has holes
+    (pads between real tokens) that is fewer than the padded positions SDPA and eager count."""
     try:
         from flash_attn import flash_attn_varlen_qkvpacked_func
     except ImportError as err:  # pragma: no cover - depends on the machine
@@ -415,11 +500,12 @@ def _flash_varlen_attention(qkv: torch.Tensor, layout: Layout, dropout: float) -
     _check_flash_inputs(qkv)
     # qkv: (N, 3, h, dh) rows in layout order; cu_seqlens: (B + 1,) int32; max_seqlen: a host int (cached).
     return flash_attn_varlen_qkvpacked_func(
-        qkv, layout.cu_seqlens, layout.max_seqlen, dropout_p=dropout, causal=False
+        qkv, layout.cu_seqlens, layout.max_seqlen, dropout_p=dropout, causal=False,
+        window_size=(-1, -1) if window is None else (window, window),
     )  # (N, h, dh)
 
 
-UNPADDED_ATTENTION_FUNCTIONS: dict[str, Callable[[torch.Tensor, Layout, float], torch.Tensor]] = {
+UNPADDED_ATTENTION_FUNCTIONS: dict[str, Callable[[torch.Tensor, Layout, float, int | None], torch.Tensor]] = {
     "sdpa": _sdpa_attention,
     "flash_attention_2": _flash_varlen_attention,
 }
@@ -440,21 +526,27 @@ class ModernAlbertAttention(nn.Module):
         self.out_drop = nn.Dropout(config.attention_dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], layout: Layout,
-                output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                window: int | None = None, output_attentions: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(N, d) real-token rows to (N, d), and the (B, h, L, L) probabilities when the implementation returns
-        them (eager) and ``output_attentions`` asks for them."""
+        them (eager) and ``output_attentions`` asks for them. ``window``: the half-width of a local layer's sliding
+        window, None for a global layer (the type is the effective layer's, not the block's)."""
         qkv = self.Wqkv(x).view(-1, 3, self.num_heads, self.head_dim)  # (N, 3, h, dh)
         qkv = apply_rotary(qkv, *rope)  # (N, 3, h, dh), q and k rotated
         impl = self.config._attn_implementation or "sdpa"
         dropout = self.config.attention_dropout if self.training else 0.0
         probs = None
         if impl in UNPADDED_ATTENTION_FUNCTIONS:
-            out = UNPADDED_ATTENTION_FUNCTIONS[impl](qkv, layout, dropout)  # (N, h, dh)
+            out = UNPADDED_ATTENTION_FUNCTIONS[impl](qkv, layout, dropout, window)  # (N, h, dh)
         else:
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager_attention_forward)
+            mask = layout.interface_masks["full_attention" if window is None else "sliding_attention"]
             q, k, v = pad_tokens(qkv, layout).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, L, dh)
-            out, probs = attention_interface(self, q, k, v, layout.interface_mask, dropout=dropout,
-                                             scaling=self.head_dim**-0.5)  # (B, L, h, dh), (B, h, L, L)
+            # sliding_window as transformers' ModernBERT passes it: w + 1, what its FlashAttention wrappers turn
+            # into the kernel's inclusive (w, w) bounds; implementations that read the mask ignore it.
+            out, probs = attention_interface(self, q, k, v, mask, dropout=dropout, scaling=self.head_dim**-0.5,
+                                             sliding_window=None if window is None else window + 1
+                                             )  # (B, L, h, dh), (B, h, L, L)
             out = unpad_tokens(out, layout)  # (N, h, dh)
         out = self.out_drop(self.Wo(out.reshape(-1, self.num_heads * self.head_dim)))  # (N, d)
         return out, (probs if output_attentions else None)
@@ -593,6 +685,8 @@ class MoLGeGLU(Fp32BuffersMixin, GeGLU):
     def update_routing_ema(self, mass: torch.Tensor) -> None:
         """Fold one call's routed probability mass (E,) into the moving average (called by the encoder once per
         routed call in training, outside activation checkpointing so that recomputation never counts twice)."""
+        if not bool(torch.isfinite(mass).all()):  # a diverging step must not poison the saved average
+            return
         if self.routing_ema_updates == 0:
             self.routing_ema.copy_(mass)
         else:
@@ -634,7 +728,9 @@ class MoLGeGLU(Fp32BuffersMixin, GeGLU):
         mixed_act = a2_mix = None
         for j in range(self.top_k):
             slot = onehot[:, j].to(dt)  # (N, E) one-hot of slot j's expert
-            p_j = (gate * slot).sum(-1, keepdim=True)  # (N, 1)
+            # CUDA autocast runs sum in fp32 (CPU autocast does not): cast back, or the fp32 p_j would promote
+            # the mixed activation and a2_mix to fp32 and the in-place addmm_ below would mix dtypes.
+            p_j = (gate * slot).sum(-1, keepdim=True).to(dt)  # (N, 1)
             code = gate_ranks(a1, slot)  # (N, E*r), only e_j's rows
             last = j == self.top_k - 1
             u_j = u.addmm_(code, B1, alpha=s) if last else torch.addmm(u, code, B1, alpha=s)  # (N, 2f)
@@ -770,17 +866,19 @@ class ModernAlbertLayer(GradientCheckpointingLayer):
         self.mlp = FFN_CLASSES[config.ffn_variants[group]](config)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], layout: Layout,
-                position: int = 0, first_layer: bool = False, output_attentions: bool = False) -> tuple:
+                window: int | None = None, position: int = 0, first_layer: bool = False,
+                output_attentions: bool = False) -> tuple:
         """(N, d) rows to ``(x, probs, *router_stats)``: the (N, d) output, the (B, h, L, L) attention
         probabilities or None, then the :class:`RouterStats` fields (none for an FFN without a router).
 
         The stats are flat, top-level outputs because reentrant activation checkpointing (``use_reentrant=True``)
         carries gradient through top-level tensors only: nested in a tuple, the router losses would silently lose
         theirs. The encoder passes every argument positionally, so a checkpointed call is replayed with exactly its
-        own arguments even though one shared block runs at several effective layers.
+        own arguments even though one shared block runs at several effective layers. ``rope`` and ``window`` are
+        those of the effective layer's type (:meth:`ModernAlbertModel.forward`).
         """
         attn_in = x if first_layer else self.attn_norm(x)
-        attn_out, probs = self.attn(attn_in, rope, layout, output_attentions)
+        attn_out, probs = self.attn(attn_in, rope, layout, window, output_attentions)
         x = x + attn_out
         ffn_out, stats = self.mlp(self.mlp_norm(x), position)
         return (x + ffn_out, probs, *(stats or ()))
@@ -859,9 +957,11 @@ class ModernAlbertPreTrainedModel(PreTrainedModel):
         elif isinstance(module, PredictionHead):
             trunc(module.dense.weight, std_out)
         elif isinstance(module, RotaryEmbedding):
-            inv_freq, _ = module.rope_init_fn(module.config, module.inv_freq.device)
-            init.copy_(module.inv_freq, inv_freq)
-            init.copy_(module.original_inv_freq, inv_freq)
+            for layer_type in LAYER_TYPES:
+                buffer = getattr(module, f"{layer_type}_inv_freq")
+                inv_freq, _ = module.rope_init_fn(layer_type)(module.config, buffer.device, layer_type=layer_type)
+                init.copy_(buffer, inv_freq)
+                init.copy_(getattr(module, f"{layer_type}_original_inv_freq"), inv_freq)
         elif isinstance(module, ModernAlbertForMaskedLM):
             if module.decoder.bias is not None:
                 init.zeros_(module.decoder.bias)
@@ -906,9 +1006,22 @@ class ModernAlbertModel(ModernAlbertPreTrainedModel):
         self.embeddings.tok_embeddings = value
 
     def layer_plan(self) -> list[tuple[int, int]]:
-        """``(group, position within group)`` for every effective layer, in depth order."""
+        """``(group, position within group)`` for every effective layer, in depth order (its attention type is
+        ``config.layer_types[layer]``)."""
         G = self.config.group_depth
         return [(i // G, i % G) for i in range(self.config.num_hidden_layers)]
+
+    def set_attention_pattern(self, layer_types: list[str], local_attention: int,
+                              rope_parameters: dict[str, Any] | None) -> None:
+        """Set which effective layers attend globally or locally, the local window and each type's RoPE, in place
+        (``ModernAlbertConfig.set_attention_pattern``). No parameter depends on them: only the RoPE buffers are
+        rebuilt, on their device. The ModernBERT weight loader uses it to give a student its teacher's pattern.
+
+        Raises:
+            ValueError: From the config's validation (e.g. not one layer type per effective layer).
+        """
+        self.config.set_attention_pattern(layer_types, local_attention, rope_parameters)
+        self.rotary_emb = RotaryEmbedding(self.config, device=self.rotary_emb.full_attention_inv_freq.device)
 
     def _check_inputs(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
                       position_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> tuple[int, int]:
@@ -1008,7 +1121,11 @@ class ModernAlbertModel(ModernAlbertPreTrainedModel):
         for layer, (group, position) in enumerate(self.layer_plan()):
             if all_hidden is not None:
                 x = _record_hidden_state(x, layout, all_hidden)  # (N, d), now computed through the record
-            x, probs, *routed = self.groups[group](x, rope, layout, position, layer == 0, output_attentions)
+            # The effective layer's type decides its RoPE and window, whichever block runs it.
+            layer_type = cfg.layer_types[layer]
+            window = cfg.sliding_window if layer_type == "sliding_attention" else None
+            x, probs, *routed = self.groups[group](x, rope[layer_type], layout, window, position, layer == 0,
+                                                   output_attentions)
             if routed:
                 stats.append(RouterStats(*routed))
                 mlp = self.groups[group].mlp
@@ -1028,8 +1145,9 @@ class ModernAlbertModel(ModernAlbertPreTrainedModel):
 
     def _embed(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
                position_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None
-               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], Layout]:
-        """Check the inputs; return the (N, d) embedded real tokens, their RoPE tables and the batch layout."""
+               ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]], Layout]:
+        """Check the inputs; return the (N, d) embedded real tokens, their RoPE tables by layer type and the batch
+        layout."""
         B, L = self._check_inputs(input_ids, attention_mask, position_ids, inputs_embeds)
         ref = input_ids if input_ids is not None else inputs_embeds
         layout = make_layout(attention_mask, B, L, ref.device)
@@ -1044,12 +1162,23 @@ class ModernAlbertModel(ModernAlbertPreTrainedModel):
             tokens = tokens.index_select(0, layout.indices)  # (N,) or (N, e)
         x = (self.embeddings(input_ids=tokens) if input_ids is not None
              else self.embeddings(inputs_embeds=tokens))  # (N, d)
+        layer_types = list(dict.fromkeys(self.config.layer_types))  # the distinct types, in depth order
         if (self.config._attn_implementation or "sdpa") not in UNPADDED_ATTENTION_FUNCTIONS:
-            # The mask transformers builds for the implementation at hand (additive for eager), once per forward.
-            layout.interface_mask = create_bidirectional_mask(
-                config=self.config, inputs_embeds=x.new_empty(B, L, 0), attention_mask=attention_mask
-            )
-        rope = rope_tables(*self.rotary_emb(x, positions))  # 2 x (N, 1, 1, dh) fp32, once for all layers
+            # The masks transformers builds for the implementation at hand (additive for eager), once per forward
+            # and layer type: ModernBERT's bidirectional mask for global layers, its sliding-window one for local.
+            masks = {"full_attention": create_bidirectional_mask,
+                     "sliding_attention": create_bidirectional_sliding_window_mask}
+            layout.interface_masks = {t: masks[t](config=self.config, inputs_embeds=x.new_empty(B, L, 0),
+                                                  attention_mask=attention_mask) for t in layer_types}
+        # One pair of tables per distinct RoPE (2 x (N, 1, 1, dh) fp32), once for all layers: types whose
+        # parameters are equal share theirs.
+        rope: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        by_parameters: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for layer_type in layer_types:
+            key = repr(sorted(self.config.rope_parameters[layer_type].items()))
+            if key not in by_parameters:
+                by_parameters[key] = rope_tables(*self.rotary_emb(x, positions, layer_type))
+            rope[layer_type] = by_parameters[key]
         return x, rope, layout
 
 

@@ -16,6 +16,17 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def attention_pattern(config: dict[str, Any]) -> str:
+    """The attention pattern of a saved ModernAlbert ``config.json``, in words."""
+    types = config.get("layer_types") or []
+    local = [i for i, t in enumerate(types) if t == "sliding_attention"]
+    if not local:
+        return "global attention in every layer"
+    glob = [i for i, t in enumerate(types) if t == "full_attention"]
+    return (f"global attention at layers {', '.join(map(str, glob)) or 'none'}, a "
+            f"{config['local_attention']}-token sliding window at the others")
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -101,11 +112,13 @@ def write_report(job: Quickstart) -> tuple[Path, str]:
     distill = job.result("distill")
     held = ", ".join(f"{k} {v:.3f}" for k, v in sorted(distill["held_out"].items()))
     n_test = onnx["examples"]
+    attention = attention_pattern(json.loads((job.output_dir / "merged" / "config.json").read_text()))
     text = f"""# ModernAlbert quickstart report ({job.profile_name} profile)
 
 Teacher: the packaged sentence-transformers **all-MiniLM-L6-v2** (BERT, 6 layers, d = 384). Student: a `mini`-preset
-ModernAlbert (recursive, shared blocks, MoL in the last group) initialised from the teacher and distilled for
-{distill['steps']} steps on King James Bible text (MLM + hidden-state KD). Held-out distillation losses: {held}.
+ModernAlbert (recursive, shared blocks, MoL in the last group; {attention}) initialised from the teacher and
+distilled for {distill['steps']} steps on King James Bible text (MLM + hidden-state KD). Held-out distillation
+losses: {held}.
 
 Downstream task: **RT sentiment**, Rotten Tomatoes review snippets (fresh vs rotten), split by movie with seed 0
 — a real stand-in for SST-2, *not* SST-2. Both models are fine-tuned the same way (one epoch, lr 1e-4, batch 32;

@@ -46,6 +46,10 @@ class FiniteBatches:
         self.sampler.load_state_dict({k: v for k, v in state.items() if k != "kind"})
         self._it = None
 
+    def state_after(self, batches: int) -> dict[str, Any]:
+        """The state after ``batches`` calls of :meth:`next_batch` from the start (what a checkpoint must hold)."""
+        return {"kind": "finite", **self.sampler.state_at(batches)}
+
 
 class StreamingBatches:
     """Global batches of a streaming corpus: round-robin blocks, resumable by global blocks consumed."""
@@ -70,6 +74,10 @@ class StreamingBatches:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.dataset.load_state_dict({k: v for k, v in state.items() if k != "kind"})
         self._it = None
+
+    def state_after(self, batches: int) -> dict[str, Any]:
+        """The state after ``batches`` calls of :meth:`next_batch` from the start (what a checkpoint must hold)."""
+        return {"kind": "streaming", "blocks_consumed": batches * self.batch_size * self.dataset.world_size}
 
 
 class MaskedBatches:

@@ -8,6 +8,7 @@ and ``seed``; see ``recipes/*.yaml`` for complete examples. Unknown keys anywher
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -66,7 +67,8 @@ class DataSection:
 @dataclass
 class OptimSection:
     """AdamW (no decay on norms, embeddings and biases) with a warmup-stable-decay schedule
-    (:func:`modernalbert.training.optim.wsd_schedule`)."""
+    (:func:`modernalbert.training.optim.wsd_schedule`). ``clip_grad_norm``: the maximum global gradient norm, or
+    ``None`` (YAML ``null``) for no clipping."""
 
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -75,12 +77,21 @@ class OptimSection:
     warmup_steps: int = 30
     decay_steps: int = 60
     min_lr_ratio: float = 0.0
-    clip_grad_norm: float = 1.0
+    clip_grad_norm: float | None = 1.0
 
     def validate_ranges(self) -> None:
+        # Non-finite values are refused everywhere: an infinite learning rate or norm saves non-finite weights.
         for name in ("lr", "eps"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"optim.{name}={getattr(self, name)!r} is invalid: expected a number > 0.")
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
+                raise ValueError(f"optim.{name}={getattr(self, name)!r} is invalid: expected a finite number > 0.")
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            raise ValueError(f"optim.weight_decay={self.weight_decay!r} is invalid: expected a finite number >= 0 "
+                             "(0 for no decay).")
+        if not all(math.isfinite(b) and 0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas={list(self.betas)!r} is invalid: expected two numbers in [0, 1).")
+        if self.clip_grad_norm is not None and not (math.isfinite(self.clip_grad_norm) and self.clip_grad_norm > 0):
+            raise ValueError(f"optim.clip_grad_norm={self.clip_grad_norm!r} is invalid: expected a finite number > 0, "
+                             "or null for no clipping (0 would freeze the weights, a negative norm flips the step).")
         for name in ("warmup_steps", "decay_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"optim.{name}={getattr(self, name)!r} is invalid: expected an integer >= 0.")
@@ -98,7 +109,12 @@ class TrainSection:
 
     ``keep_freed_memory`` (CPU, Linux): keep freed tensors in the process heap instead of returning them to the OS,
     so that steady-state steps reuse memory rather than page-faulting it in again (measured 3-9x faster steps on
-    virtual machines; see :func:`~modernalbert.training.memory.keep_freed_memory`)."""
+    virtual machines; see :func:`~modernalbert.training.memory.keep_freed_memory`).
+
+    ``resume``: ``auto`` (the newest verified checkpoint of ``output_dir``, if any), ``never`` (a fresh run; refused
+    when ``output_dir`` already holds checkpoints) or the path of a checkpoint folder. ``resume_rng``: ``restore``
+    (each process's saved random state: exact, so the process count must be the checkpoint's) or ``reseed`` (fresh
+    random states seeded from (seed, step, rank) when the process count changed: the run continues, not exactly)."""
 
     steps: int = 300
     batch_size: int = 16
@@ -111,6 +127,7 @@ class TrainSection:
     keep_checkpoints: int = 2
     log_every: int = 10
     resume: str = "auto"
+    resume_rng: Literal["restore", "reseed"] = "restore"
     keep_freed_memory: bool = True
 
     def validate_positive(self) -> None:
@@ -119,6 +136,9 @@ class TrainSection:
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}={getattr(self, name)!r} is invalid: expected an integer >= 1.")
 
+    def validate_resume(self) -> None:
+        if not self.resume.strip():
+            raise ValueError("train.resume='' is invalid: expected auto, never or the path of a checkpoint folder.")
 
 
 @typed_config(prefix="recipe")

@@ -153,17 +153,23 @@ def load_yaml(path: str | Path, overrides: list[str] | None, *, kind: str, form:
 
     Raises:
         FileNotFoundError: The file does not exist.
-        ValueError: Malformed YAML, an override without ``=``, or one that descends into a non-section.
+        ValueError: Malformed YAML (line and column named) or text that is not UTF-8, an override without ``=``,
+            or one that descends into a non-section.
     """
     import yaml
+
+    from .io import read_text
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{kind} {path} does not exist.")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{kind} {path} is not valid YAML: {err}") from err
+        values = yaml.safe_load(read_text(path)) or {}
+    except yaml.YAMLError as err:  # its own message spans lines: one line with the place and the problem
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+        raise ValueError(f"{kind} {path} is not valid YAML{where}: {problem}; fix the file.") from err
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"Override {item!r} must look like {form} (e.g. {example}).")

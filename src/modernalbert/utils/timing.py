@@ -1,5 +1,6 @@
 """Interleaved timing and the statistics of paired ratios: the one harness behind every speed figure (the
-benchmarks under ``benchmarks/``, the ablation's speed table, the quickstart's speed stage).
+benchmarks under ``benchmarks/``, the ablation's speed table, the quickstart's speed stage); and
+:class:`Stages`, the progress lines of a command that runs in named stages.
 
 Machines are shared and noisy, so a result is a ratio against a baseline timed in the same process, round by round:
 every function runs once per round, in an order that rotates from round to round (load drifts and cache states hit
@@ -9,11 +10,13 @@ of that median and their smallest and largest value (the noise).
 
 from __future__ import annotations
 
+import contextlib
 import random
 import statistics
+import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import IO, Any
 
 
 def sync(device: Any) -> None:
@@ -85,4 +88,37 @@ def paired_ratios(base: list[float], times: list[float], *, speedup: bool) -> di
             "paired": paired}
 
 
-__all__ = ["median_ci", "paired_ratios", "sync", "time_interleaved"]
+class Stages:
+    """Progress of a command that runs in a known number of named stages: a line when each starts and one with its
+    duration when it ends (``[export 2/5] ONNX export ...`` / ``[export 2/5] ONNX export: 31.2 s``), written to
+    ``stream`` (standard error by default, so that a command's standard output stays its result).
+
+    Args:
+        label: The command, shown in brackets.
+        total: How many stages will run.
+        stream: Where the lines go.
+
+    Attributes:
+        seconds: Stage name -> seconds, for the command's report.
+    """
+
+    def __init__(self, label: str, total: int, stream: IO[str] | None = None):
+        self.label, self.total, self.stream = label, total, stream
+        self.done = 0
+        self.seconds: dict[str, float] = {}
+
+    def _say(self, text: str) -> None:
+        print(f"[{self.label} {self.done + 1}/{self.total}] {text}", file=self.stream or sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time one stage (its duration is recorded only when it ends without error)."""
+        self._say(f"{name} ...")
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - start
+        self._say(f"{name}: {self.seconds[name]:.1f} s")
+        self.done += 1
+
+
+__all__ = ["Stages", "median_ci", "paired_ratios", "sync", "time_interleaved"]

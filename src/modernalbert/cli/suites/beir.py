@@ -108,6 +108,16 @@ def _row(result: dict[str, Any], model: str) -> list[Any]:
             f"{result['seconds']['total']:.1f}"]
 
 
+def _semantics_note(result: dict[str, Any]) -> str:
+    """One line under a results table: how the means treat judged queries without hits, and identical ids."""
+    m = result["metrics"]
+    how = ("BEIR's semantics: judged queries without hits are left out of the means" if
+           result["metric_semantics"] == "beir" else "trec_eval -c semantics: judged queries without hits count as 0")
+    return (f"Metrics over {m['num_queries']} of {m['num_judged_queries']} judged queries ({how}; "
+            f"{m['judged_queries_without_hits']} without hits); ignore_identical_ids="
+            f"{'on' if result['ignore_identical_ids'] else 'off'}.")
+
+
 def _load(args: argparse.Namespace, split: str) -> Any:
     from ...evaluation.beir import load_beir
 
@@ -124,6 +134,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     result = {"suite": args.suite, **evaluate_retrieval(args.model, _load(args, args.split), cfg, split=args.split)}
     path = write_json(args.output_dir / f"evaluate-{args.split}.json", result)
     print(markdown_table(TABLE_HEADER, [_row(result, args.model)]))
+    print(_semantics_note(result))
     print(f"Wrote {path}")
     return 0
 
@@ -151,6 +162,7 @@ def run_finetune(args: argparse.Namespace) -> int:
           f"{train_info['seconds']['total']:.1f} s); model saved to {result['output_dir']}")
     if result["eval"] is not None:
         print(markdown_table(TABLE_HEADER, [_row(result["eval"], str(result["output_dir"]))]))
+        print(_semantics_note(result["eval"]))
     print(f"Wrote {path}")
     return 0
 

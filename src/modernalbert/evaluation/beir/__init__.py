@@ -11,9 +11,10 @@
   and only a running top-k per query is kept (merged with ``torch.topk``), so no full queries × documents matrix
   ever exists; ``use_faiss=True`` uses a ``faiss.IndexFlatIP`` instead (same results, faster on large corpora).
   ``ignore_identical_ids`` drops a hit whose document id equals the query id (BEIR's default).
-* **Metrics**: ``pytrec_eval`` (trec_eval semantics: gain = relevance grade, discount ``log2(rank + 1)``, ties in
-  score broken by document id, descending). Means are over the queries in the qrels; a judged query with no hit
-  counts as 0 (trec_eval ``-c``).
+* **Metrics**: ``pytrec_eval`` (trec_eval's definitions: gain = relevance grade, discount ``log2(rank + 1)``, ties
+  in score broken by document id, descending). A judged query with no hit is left out of the means by default, as
+  BEIR reports (``metric_semantics="beir"``), or counts as 0 (``"trec_eval"``, ``trec_eval -c``); every result
+  records the semantics, ``ignore_identical_ids`` and how many judged queries had no hit.
 * **Fine-tuning**: InfoNCE with in-batch negatives, as sentence-transformers' ``MultipleNegativesRankingLoss``:
   cosine similarity times ``scale`` (20, i.e. temperature 0.05: its default, our choice), cross-entropy from each
   query to its positive among all documents of the batch; ``symmetric=True`` adds the document→query direction
@@ -43,10 +44,11 @@ from .embedding import (
     sentence_transformer_layout,
 )
 from .evaluate import evaluate_loaded, evaluate_retrieval, retrieve
-from .index import SCORES, TopK, import_faiss, retrieval_metrics, search
+from .index import METRIC_SEMANTICS, SCORES, TopK, import_faiss, retrieval_metrics, search
 from .train import contrastive_loss, finetune_retrieval, mine_hard_negatives
 
 __all__ = [
+    "METRIC_SEMANTICS",
     "POOLINGS",
     "SCORES",
     "BeirData",

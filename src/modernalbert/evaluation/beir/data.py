@@ -1,7 +1,9 @@
 """BEIR data: a local folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``) or Hugging Face names
 (``BeIR/scifact`` with its qrels in ``BeIR/scifact-qrels``) through ``datasets`` when online or cached. As in BEIR, a
 split's queries are those its qrels judge; every judged query must exist in ``queries.jsonl``. Malformed input fails
-with the file and line."""
+with the file and line: a record that is not JSON, a missing field, a byte that is not UTF-8, a document or query id
+used twice (BEIR's own loader would keep the last text without a word), and a (query, document) pair judged twice
+with different grades."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ...utils.hub import is_hub_id
+from ...utils.io import read_lines
 
 
 @dataclass
@@ -54,18 +57,17 @@ class BeirData:
 
 
 def _read_jsonl(path: Path, kind: str) -> Iterable[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {line_no}: not valid JSON ({err.msg}); each line of a BEIR "
-                                 f"{kind} file is one JSON object.") from err
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}, line {line_no}: expected a JSON object, got {type(rec).__name__}.")
-            yield line_no, rec
+    for line_no, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {line_no}: not valid JSON ({err.msg}); each line of a BEIR "
+                             f"{kind} file is one JSON object.") from err
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}, line {line_no}: expected a JSON object, got {type(rec).__name__}.")
+        yield line_no, rec
 
 
 def _field(rec: Mapping[str, Any], key: str, where: str, *, required: bool = True) -> str:
@@ -86,7 +88,8 @@ def _corpus_from(records: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, 
     for where, rec in records:
         doc_id = _field(rec, "_id", where)
         if doc_id in corpus:
-            raise ValueError(f"{where}: duplicate document id {doc_id!r} (first at {first_seen[doc_id]}).")
+            raise ValueError(f"{where}: duplicate document id {doc_id!r} (first at {first_seen[doc_id]}); ids must "
+                             "be unique, or the qrels would judge the wrong text: drop or rename one.")
         corpus[doc_id] = {"title": _field(rec, "title", where, required=False), "text": _field(rec, "text", where)}
         first_seen[doc_id] = where
     return corpus
@@ -94,8 +97,14 @@ def _corpus_from(records: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, 
 
 def _queries_from(records: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, str]:
     queries: dict[str, str] = {}
+    first_seen: dict[str, str] = {}
     for where, rec in records:
-        queries[_field(rec, "_id", where)] = _field(rec, "text", where)
+        query_id = _field(rec, "_id", where)
+        if query_id in queries:
+            raise ValueError(f"{where}: duplicate query id {query_id!r} (first at {first_seen[query_id]}); ids must "
+                             "be unique, or the qrels would judge the wrong text: drop or rename one.")
+        queries[query_id] = _field(rec, "text", where)
+        first_seen[query_id] = where
     return queries
 
 
@@ -103,27 +112,26 @@ def _parse_qrels_tsv(path: Path) -> list[tuple[str, str, str, int]]:
     """Rows ``(where, query_id, doc_id, score)``; a header line is allowed; TREC's 4-column form too."""
     rows = []
     first = True
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
+    for line_no, line in enumerate(read_lines(path), start=1):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        cols = line.split("\t") if "\t" in line else line.split()
+        if len(cols) == 4:  # TREC qrels: query-id iteration corpus-id score
+            cols = [cols[0], cols[2], cols[3]]
+        if len(cols) != 3:
+            raise ValueError(f"{path}, line {line_no}: expected 3 tab-separated columns (query-id, corpus-id, "
+                             f"score), got {len(cols)}: {line[:80]!r}.")
+        try:
+            score = int(float(cols[2]))
+        except ValueError:
+            if first:  # the BEIR header "query-id corpus-id score"
+                first = False
                 continue
-            cols = line.split("\t") if "\t" in line else line.split()
-            if len(cols) == 4:  # TREC qrels: query-id iteration corpus-id score
-                cols = [cols[0], cols[2], cols[3]]
-            if len(cols) != 3:
-                raise ValueError(f"{path}, line {line_no}: expected 3 tab-separated columns (query-id, corpus-id, "
-                                 f"score), got {len(cols)}: {line[:80]!r}.")
-            try:
-                score = int(float(cols[2]))
-            except ValueError:
-                if first:  # the BEIR header "query-id corpus-id score"
-                    first = False
-                    continue
-                raise ValueError(f"{path}, line {line_no}: score {cols[2]!r} is not an integer relevance grade."
-                                 ) from None
-            first = False
-            rows.append((f"{path}, line {line_no}", cols[0].strip(), cols[1].strip(), score))
+            raise ValueError(f"{path}, line {line_no}: score {cols[2]!r} is not an integer relevance grade."
+                             ) from None
+        first = False
+        rows.append((f"{path}, line {line_no}", cols[0].strip(), cols[1].strip(), score))
     return rows
 
 
@@ -252,19 +260,18 @@ def read_hard_negatives(path: str | os.PathLike, data: BeirData) -> dict[str, li
     if not path.is_file():
         raise FileNotFoundError(f"Hard-negative file {path} does not exist.")
     negatives: dict[str, list[str]] = {}
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            cols = line.rstrip("\r\n").split("\t")
-            if not line.strip():
-                continue
-            if len(cols) < 2:
-                raise ValueError(f"{path}, line {line_no}: expected 'query-id<TAB>corpus-id', got {line[:80]!r}.")
-            qid, did = cols[0].strip(), cols[1].strip()
-            if line_no == 1 and did not in data.corpus and qid.lower() in ("query-id", "qid", "query_id"):
-                continue  # header
-            if did not in data.corpus:
-                raise ValueError(f"{path}, line {line_no}: corpus id {did!r} is not in the corpus.")
-            negatives.setdefault(qid, []).append(did)
+    for line_no, line in enumerate(read_lines(path), start=1):
+        cols = line.rstrip("\r\n").split("\t")
+        if not line.strip():
+            continue
+        if len(cols) < 2:
+            raise ValueError(f"{path}, line {line_no}: expected 'query-id<TAB>corpus-id', got {line[:80]!r}.")
+        qid, did = cols[0].strip(), cols[1].strip()
+        if line_no == 1 and did not in data.corpus and qid.lower() in ("query-id", "qid", "query_id"):
+            continue  # header
+        if did not in data.corpus:
+            raise ValueError(f"{path}, line {line_no}: corpus id {did!r} is not in the corpus.")
+        negatives.setdefault(qid, []).append(did)
     return negatives
 
 

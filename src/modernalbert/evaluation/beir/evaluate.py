@@ -69,14 +69,15 @@ def evaluate_loaded(model: torch.nn.Module, tokenizer: Any, data: BeirData,
     cfg = _resolved(cfg or RetrievalConfig())
     t0 = time.perf_counter()
     run, seconds = retrieve(model, tokenizer, data, cfg)
-    metrics = retrieval_metrics(data.qrels, run, cfg.k_values, per_query=cfg.per_query)
+    metrics = retrieval_metrics(data.qrels, run, cfg.k_values, semantics=cfg.metric_semantics,
+                                ignore_identical_ids=cfg.ignore_identical_ids, per_query=cfg.per_query)
     seconds["total"] = time.perf_counter() - t0
     return {
         "data": data.name, "split": data.split, "num_queries": len(data.queries), "num_docs": len(data.corpus),
         "pooling": cfg.pooling, "normalize": cfg.normalize, "score": cfg.score, "top_k": cfg.top_k,
         "max_length": cfg.max_length, "ignore_identical_ids": cfg.ignore_identical_ids,
-        "search": "faiss" if cfg.use_faiss else "exact",
-        "metrics": {k: v for k, v in metrics.items() if k != "per_query"},
+        "metric_semantics": cfg.metric_semantics, "search": "faiss" if cfg.use_faiss else "exact",
+        "metrics": {k: v for k, v in metrics.items() if k not in ("per_query", "semantics", "ignore_identical_ids")},
         **({"per_query": metrics["per_query"]} if cfg.per_query else {}),
         "seconds": seconds,
     }

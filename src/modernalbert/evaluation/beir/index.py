@@ -3,9 +3,16 @@
 The corpus is scored in chunks and only a running top-k per query is kept (merged with ``torch.topk``), so no full
 queries x documents matrix ever exists; ``use_faiss=True`` uses a ``faiss.IndexFlatIP`` instead (same results, faster
 on large corpora). ``ignore_identical_ids`` drops a hit whose document id equals the query id (BEIR's default).
-Metrics are ``pytrec_eval``'s (trec_eval semantics: gain = relevance grade, discount ``log2(rank + 1)``, ties in
-score broken by document id, descending); means are over the queries in the qrels, a judged query with no hit
-counting as 0 (trec_eval ``-c``).
+Metrics are ``pytrec_eval``'s (trec_eval's definitions: gain = relevance grade, discount ``log2(rank + 1)``, ties in
+score broken by document id, descending). How the means treat a judged query that the run does not rank is a choice
+with two established answers, :data:`METRIC_SEMANTICS`, and every result says which was used:
+
+* ``"beir"`` (the default, what BEIR's ``EvaluateRetrieval.evaluate`` reports): such a query is left out of the
+  means, which are over the judged queries that have hits;
+* ``"trec_eval"`` (``trec_eval -c``): it counts as 0 and the means are over every judged query.
+
+``ignore_identical_ids`` (BEIR's default, on) removes from the run every hit whose document id is its query id before
+scoring (for datasets whose corpus holds the queries themselves, e.g. ArguAna and Quora).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import torch
 SCORES = ("cos", "dot")
 QUERY_BLOCK = 1024  # queries scored against one corpus chunk at a time: a block x chunk score matrix at most
 TREC_MEASURES = ("ndcg_cut", "recall", "P", "map_cut")
+METRIC_SEMANTICS = ("beir", "trec_eval")
 
 
 def import_faiss() -> Any:
@@ -149,21 +157,29 @@ def search(query_emb: torch.Tensor, doc_emb: torch.Tensor, doc_ids: Sequence[str
 
 
 def retrieval_metrics(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]],
-                      k_values: Sequence[int] = (10, 100), *, per_query: bool = False) -> dict[str, Any]:
+                      k_values: Sequence[int] = (10, 100), *, semantics: str = "beir",
+                      ignore_identical_ids: bool = True, per_query: bool = False) -> dict[str, Any]:
     """trec_eval metrics through ``pytrec_eval``: nDCG@k, Recall@k, P@k, MAP@k for each k, plus MAP and MRR.
 
     Keys are trec_eval's: ``ndcg_cut_10``, ``recall_100``, ``P_10``, ``map_cut_10``, ``map`` (over the whole
-    returned ranking), ``recip_rank``. Means are over the queries in ``qrels``: a judged query absent from the run
-    (or with no hits) counts as 0; run queries without judgements are ignored.
+    returned ranking), ``recip_rank``; run queries without judgements are ignored. A judged query with no hit in the
+    run is left out of the means (``semantics="beir"``, BEIR's ``EvaluateRetrieval.evaluate``) or counts as 0
+    (``"trec_eval"``, ``trec_eval -c``); see the module notes.
 
     Args:
         qrels: ``{query_id: {doc_id: grade}}`` (grade > 0 is relevant; higher is better for nDCG).
         run: ``{query_id: {doc_id: score}}``.
         k_values: Cut-offs.
-        per_query: Also return ``"per_query": {query_id: {metric: value}}``.
+        semantics: ``"beir"`` or ``"trec_eval"`` (:data:`METRIC_SEMANTICS`).
+        ignore_identical_ids: Drop every hit whose document id equals its query id first (BEIR's default).
+        per_query: Also return ``"per_query": {query_id: {metric: value}}`` (the queries averaged over).
+
+    Returns:
+        The mean of every metric, plus ``num_queries`` (queries averaged over), ``num_judged_queries``,
+        ``judged_queries_without_hits``, ``semantics`` and ``ignore_identical_ids``.
 
     Raises:
-        ValueError: No judged query, or a bad cut-off.
+        ValueError: No judged query, a bad cut-off or semantics, or (``"beir"``) no judged query with a hit.
     """
     import pytrec_eval
 
@@ -171,19 +187,30 @@ def retrieval_metrics(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, 
         raise ValueError("No judged queries: the qrels are empty.")
     if not k_values or any(int(k) < 1 for k in k_values):
         raise ValueError(f"k_values must be positive cut-offs, got {k_values}.")
+    if semantics not in METRIC_SEMANTICS:
+        raise ValueError(f"semantics={semantics!r} is invalid: use one of {list(METRIC_SEMANTICS)}.")
     ks = ",".join(str(int(k)) for k in sorted(set(k_values)))
     measures = {f"{m}.{ks}" for m in TREC_MEASURES} | {"map", "recip_rank"}
     qrels_s = {str(q): {str(d): int(r) for d, r in docs.items()} for q, docs in qrels.items()}
-    run_s = {str(q): {str(d): float(s) for d, s in hits.items()} for q, hits in run.items() if str(q) in qrels_s}
+    run_s = {str(q): {str(d): float(s) for d, s in hits.items() if not (ignore_identical_ids and str(d) == str(q))}
+             for q, hits in run.items() if str(q) in qrels_s}
+    ranked = {q: hits for q, hits in run_s.items() if hits}
     evaluator = pytrec_eval.RelevanceEvaluator(qrels_s, measures)
-    scores = evaluator.evaluate({q: hits for q, hits in run_s.items() if hits})
+    scores = evaluator.evaluate(ranked)
     names = [f"{m}_{int(k)}" for m in TREC_MEASURES for k in sorted(set(k_values))] + ["map", "recip_rank"]
-    per = {q: {n: float(scores.get(q, {}).get(n, 0.0)) for n in names} for q in qrels_s}
+    averaged = list(qrels_s) if semantics == "trec_eval" else [q for q in qrels_s if q in ranked]
+    if not averaged:
+        raise ValueError(f"None of the {len(qrels_s)} judged queries has a hit in the run: with BEIR's semantics "
+                         "there is nothing to average (trec_eval -c, semantics='trec_eval', would give 0).")
+    per = {q: {n: float(scores.get(q, {}).get(n, 0.0)) for n in names} for q in averaged}
     out: dict[str, Any] = {n: sum(p[n] for p in per.values()) / len(per) for n in names}
-    out["num_queries"] = len(per)
+    out.update(num_queries=len(per), num_judged_queries=len(qrels_s),
+               judged_queries_without_hits=len(qrels_s) - len(ranked), semantics=semantics,
+               ignore_identical_ids=ignore_identical_ids)
     if per_query:
         out["per_query"] = per
     return out
 
 
-__all__ = ["QUERY_BLOCK", "SCORES", "TREC_MEASURES", "TopK", "import_faiss", "retrieval_metrics", "search", "to_run"]
+__all__ = ["METRIC_SEMANTICS", "QUERY_BLOCK", "SCORES", "TREC_MEASURES", "TopK", "import_faiss", "retrieval_metrics",
+           "search", "to_run"]

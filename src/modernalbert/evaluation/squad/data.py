@@ -1,5 +1,7 @@
-"""Reading SQuAD(-v2) questions: the official JSON, JSON Lines in the Hugging Face layout, or a Hub name, every
-question checked (a malformed file fails with its name and the location of the problem)."""
+"""Reading SQuAD(-v2) questions: the official JSON, JSON Lines in the Hugging Face layout, a local copy of the Hub's
+parquet files (``rajpurkar/squad_v2``: ``squad_v2/validation-00000-of-00001.parquet``), or a Hub name, every question
+checked (a malformed file fails with its name and the location of the problem; a byte that is not UTF-8 with its
+line and byte offset)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ...utils.hub import is_hub_id
+from ...utils.io import read_text
+from ..hub_files import read_parquet, split_files
 
 HUB_NAME = "rajpurkar/squad_v2"
 
@@ -45,9 +49,12 @@ def read_squad(path_or_name: str | os.PathLike, *, split: str | None = None) -> 
     Args:
         path_or_name: The official JSON layout (``{"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}``),
             a ``.jsonl`` file with one Hugging Face record per line (``id``, ``title``, ``context``, ``question``,
-            ``answers: {"text": [...], "answer_start": [...]}``), or a hub name such as ``rajpurkar/squad_v2``
-            (needs ``datasets`` and either the network or its cache); ``NAME:SPLIT`` picks the split.
-        split: The hub split when ``path_or_name`` names none (default ``"validation"``); ignored for files.
+            ``answers: {"text": [...], "answer_start": [...]}``), a ``.parquet`` file with those columns, a local
+            copy of ``rajpurkar/squad_v2`` (the folder holding ``squad_v2/`` or the ``squad_v2/`` folder itself,
+            with ``<split>-00000-of-00001.parquet``), or a hub name such as ``rajpurkar/squad_v2`` (needs
+            ``datasets`` and either the network or its cache); ``NAME:SPLIT`` picks the split.
+        split: The split of a hub name or a local copy when ``path_or_name`` names none (default
+            ``"validation"``); ignored for files.
 
     Returns:
         The questions in file order.
@@ -61,9 +68,11 @@ def read_squad(path_or_name: str | os.PathLike, *, split: str | None = None) -> 
     text = str(path_or_name)
     path = Path(text).expanduser()
     if path.is_file():
+        if path.suffix == ".parquet":
+            return _read_parquet([path], str(path))
         return _read_jsonl(path) if path.suffix == ".jsonl" else _read_json(path)
     if path.is_dir():
-        raise ValueError(f"{path} is a folder: give a SQuAD JSON file inside it (e.g. {path / 'dev-v2.0.json'}).")
+        return _read_folder(path, split or "validation")
     if not is_hub_name(text):
         raise FileNotFoundError(f"No SQuAD file at {text}: give an existing JSON file or a hub name such as "
                                 f"{HUB_NAME}.")
@@ -101,11 +110,26 @@ def _read_hub(name: str, split: str) -> list[SquadExample]:
     return _finish(examples, f"{name}[{split}]")
 
 
+def _read_folder(folder: Path, split: str) -> list[SquadExample]:
+    """A local copy of the Hub's parquet layout: ``<folder>/[squad_v2/]<split>-*.parquet``."""
+    candidates = [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]
+    for candidate in candidates:
+        files = split_files(candidate, split)
+        if files:
+            return _read_parquet(files, str(files[0]) if len(files) == 1 else f"{candidate} [{split}]")
+    raise ValueError(f"{folder} is a folder without {split}-*.parquet (nor squad_v2/{split}-*.parquet): give a SQuAD "
+                     f"JSON file inside it (e.g. {folder / 'dev-v2.0.json'}), or a local copy of {HUB_NAME} that has "
+                     f"the {split} split.")
+
+
+def _read_parquet(files: list[Path], source: str) -> list[SquadExample]:
+    records = read_parquet(files)
+    examples = [_hf_record(rec, source, f"row {i}") for i, rec in enumerate(records)]
+    return _finish(examples, source)
+
+
 def _load_text(path: Path) -> str:
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a byte-order mark
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err}); save the file as UTF-8.") from err
+    text = read_text(path)  # a byte-order mark is dropped; a byte that is not UTF-8 is named with its line
     if not text.strip():
         raise ValueError(f'{path} is empty: give a SQuAD JSON file ({{"version": "v2.0", "data": [...]}}).')
     return text

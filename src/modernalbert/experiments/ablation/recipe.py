@@ -153,6 +153,9 @@ class MergeSpec:
                 if opt.get(key) not in allowed:
                     raise ValueError(f"merge.options[{i}].{key}={opt.get(key)!r} is invalid: allowed are "
                                      f"{list(allowed)}.")
+            if opt["form"] == "svd" and opt.get("rank") is None:  # refused now, not after every run's pretraining
+                raise ValueError(f"merge.options[{i}]: form svd needs a rank (the rank to truncate to; at full rank "
+                                 "svd equals lowrank).")
             name = merge_name(opt)
             if name in seen:
                 raise ValueError(f"merge.options: {name} is listed twice.")
