@@ -124,7 +124,7 @@ def study_values(folder) -> dict:
         "model": {"preset": "mini", "overrides": {**GEOM, "group_depth": 2}},
         "recovery": {"reference_recipe": str(folder / "reference.yaml"), "primary_metric": "held_out_mlm",
                      "summary_json": str(folder / "docs" / "results" / "recovery.json"),
-                     "attempts_json": str(folder / "docs" / "results" / "attempts.json")},
+                     "attempts_json": str(folder / "docs" / "results" / "attempts.json"), "held_out_blocks": 8},
         "budget": {"reference": "mol"},
         "variants": [{"name": "full", "overrides": {"group_depth": 1}, "ffn": "glu", "exempt": True},
                      {"name": "albert", "ffn": "glu", "match": "intermediate_size"},
@@ -150,6 +150,7 @@ def study_values(folder) -> dict:
     ({"recovery": {"upper": "albert"}}, "name the same variant"),
     ({"recovery": {"lower": "nope"}}, "recovery.lower='nope' is not a variant"),
     ({"recovery": {"min_discrimination": 0}}, "min_discrimination=0"),
+    ({"recovery": {"held_out_blocks": -1}}, "held_out_blocks=-1 is invalid"),
     ({"recovery": {"reference_recipe": "no/such.yaml"}}, "no/such.yaml does not exist"),
     ({"model": {"preset": "mini", "overrides": {**GEOM, "num_hidden_layers": 6}}}, "depth and width must match"),
 ])
@@ -208,6 +209,29 @@ def test_the_shipped_recipe_is_valid_and_meets_its_budget():
     assert {row.name for row in rows} == {"full", "albert", "rrt", "moa", "mol-output", "mol-weight"}
     assert all(row.exempt or abs(row.relative) <= r.study.budget.tolerance for row in rows)
     assert r.reference.model.overrides["group_depth"] == 1
+
+
+def test_every_model_and_seed_is_measured_on_the_same_masked_held_out_text(tmp_path):
+    from pathlib import Path
+
+    from modernalbert.experiments.ablation import held_out_batches
+    from modernalbert.model.loading import load_tokenizer
+
+    recipe = RecoveryRecipe.from_dict(study_values(tmp_path))
+    study = RecoveryStudy(recipe, log=lambda _: None)
+    tokenizer = load_tokenizer("all-MiniLM-L6-v2")
+    runs = [recipe.study.run_recipe(v, {}, "distill", seed, Path(tmp_path / "run"))
+            for v in recipe.study.variants for seed in (0, 1)]
+    measured = [study.held_out(r, tokenizer) for r in runs]
+    assert sum(len(b["input_ids"]) for b in measured[0]) == 8  # recovery.held_out_blocks
+    for other in measured[1:]:  # the same blocks and masks for every variant and seed
+        assert all(torch.equal(a[k], b[k]) for a, b in zip(measured[0], other) for k in ("input_ids", "labels"))
+    # the trainer's own held-out evaluation (the ablation's measure) masks with each run's seed
+    trainer = [held_out_batches(r, tokenizer) for r in runs[:2]]
+    assert not all(torch.equal(a["labels"], b["labels"]) for a, b in zip(*trainer))
+    all_blocks = RecoveryStudy(RecoveryRecipe.from_dict({**study_values(tmp_path), "recovery": {
+        **study_values(tmp_path)["recovery"], "held_out_blocks": 0}}), log=lambda _: None).held_out(runs[0], tokenizer)
+    assert sum(len(b["input_ids"]) for b in all_blocks) > 8  # 0: the whole held-out split
 
 
 # ============================================================================================ the real pipeline

@@ -60,11 +60,11 @@ FFN width and RRT (both ModernBERT-style families)
 Attention pattern
 -----------------
 A ModernBERT or ModernAlbert teacher: the student takes the teacher's attention pattern in place of its config's
-(noted in the report): the teacher's layer types mapped to the student's *effective* layers (one to one at the same depth; at another depth the teacher's
-global-every-n-th pattern over the student's effective layers), its window (``local_attention``) and its RoPE per
-layer type (:func:`modernalbert.model.conversion.teacher_attention_pattern`). The config passed in is not modified:
-the student gets a copy. The other families keep the student config's pattern (a BERT teacher has absolute
-positions and global attention, with nothing to carry to RoPE layers).
+(noted in the report): the teacher's layer types mapped to the student's *effective* layers (one to one at the same
+depth; at another depth the teacher's global-every-n-th pattern over the student's effective layers), its window
+(``local_attention``) and its RoPE per layer type (:func:`modernalbert.model.conversion.teacher_attention_pattern`).
+The config passed in is not modified: the student gets a copy. The other families keep the student config's pattern
+(a BERT teacher has absolute positions and global attention, with nothing to carry to RoPE layers).
 
 ``mapping="bert"`` (bert, roberta, xlm-roberta, camembert, electra; MiniLM is a BertModel)
 ------------------------------------------------------------------------------------------

@@ -43,16 +43,27 @@ def read_metrics(path: Path) -> tuple[dict[str, list[list[float]]], list[list[fl
     return {"train": train, "eval": evals}, usage, tokens
 
 
-def held_out_batches(recipe: Any, tokenizer: Any) -> list[dict[str, torch.Tensor]]:
-    """The trainer's held-out evaluation batches of a pretraining recipe, rebuilt exactly (same blocks, same
-    masks: :class:`~modernalbert.training.trainer.MaskedBatches` at step -1), so merged models are scored on
-    what the unmerged one was scored on."""
+def held_out_batches(recipe: Any, tokenizer: Any, *, blocks: int | None = None,
+                     mask_seed: int | None = None) -> list[dict[str, torch.Tensor]]:
+    """Masked batches of a pretraining recipe's held-out blocks, of ``recipe.train.batch_size`` blocks each.
+
+    By default the trainer's held-out evaluation batches, rebuilt exactly (same blocks, same masks:
+    :class:`~modernalbert.training.trainer.MaskedBatches` of the run's seed at step -1), so merged models are scored
+    on what the unmerged one was scored on.
+
+    Args:
+        recipe: A pretraining recipe.
+        tokenizer: Its tokenizer.
+        blocks: How many held-out blocks (0: all of them); None: the trainer's ``eval_batches * batch_size``.
+        mask_seed: The seed of the masks; None: the recipe's (the run's) seed.
+    """
     from ...training.data import MaskedBatches, prepare_blocks
 
     tr = recipe.train
-    _, held_blocks = prepare_blocks(recipe, tokenizer, rank=0, world_size=1,
-                                    eval_blocks=tr.eval_batches * tr.batch_size)
-    return MaskedBatches(tokenizer, recipe.seed).fixed(held_blocks, tr.batch_size)
+    n = tr.eval_batches * tr.batch_size if blocks is None else (blocks or 2**62)
+    _, held_blocks = prepare_blocks(recipe, tokenizer, rank=0, world_size=1, eval_blocks=n)
+    seed = recipe.seed if mask_seed is None else mask_seed
+    return MaskedBatches(tokenizer, seed).fixed(held_blocks, tr.batch_size)
 
 
 def ood_batches(spec: OODSpec, tokenizer: Any, block_size: int) -> dict[str, list[dict[str, torch.Tensor]]]:

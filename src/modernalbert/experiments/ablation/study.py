@@ -164,6 +164,11 @@ class AblationStudy:
         """What else determines every run, besides its recipe (nothing here)."""
         return None
 
+    def held_out(self, recipe: Any, tokenizer: Any) -> list[dict[str, torch.Tensor]]:
+        """The masked held-out batches every model of a run is measured on: the trainer's own held-out evaluation,
+        rebuilt (:func:`held_out_batches`)."""
+        return held_out_batches(recipe, tokenizer)
+
     def measure_model(self, model: Any, held: list[dict[str, torch.Tensor]], tokenizer: Any, recipe: Any, *,
                       merged: bool = False) -> dict[str, Any]:
         """Measures of a pretrained MaskedLM (``merged``: a merged one): held-out and out-of-domain MLM losses,
@@ -214,7 +219,7 @@ class AblationStudy:
                              "folder or pass --force.")
         t = start_timer()
         tokenizer = load_tokenizer(final)
-        held = held_out_batches(recipe, tokenizer)
+        held = self.held_out(recipe, tokenizer)
         mlm_model = load_pretrained(final).eval().to(_device())
         record = self.measure_model(mlm_model, held, tokenizer, recipe)
         cost["mlm_eval"] = elapsed(t)

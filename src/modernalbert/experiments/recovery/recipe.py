@@ -35,6 +35,11 @@ class RecoverySpec:
             discriminating.
         summary_json: Where the machine-readable summary goes (besides ``OUTPUT_DIR/recovery.json``).
         attempts_json: The ledger of every setting tried (pilots and full studies) and its discrimination ratio.
+        held_out_blocks: How many blocks of the reference corpus's held-out split every model is measured on (held-out
+            MLM loss and hidden distance); 0: all of them.
+        held_out_mask_seed: The seed of those blocks' MLM masks, the same for every variant and seed, so that a
+            seed's spread is the training's and not the masks' (as the out-of-domain text is measured). None: each
+            run's own seed, as the trainer's held-out evaluation (the ablation's measure).
     """
 
     reference_recipe: str = "recipes/recovery-reference.yaml"
@@ -45,6 +50,13 @@ class RecoverySpec:
     min_discrimination: float = 3.0
     summary_json: str | None = None
     attempts_json: str | None = None
+    held_out_blocks: int = 0
+    held_out_mask_seed: int | None = 0
+
+    def validate_held_out(self) -> None:
+        if self.held_out_blocks < 0:
+            raise ValueError(f"recovery.held_out_blocks={self.held_out_blocks!r} is invalid: expected a number of "
+                             "blocks >= 0 (0: the whole held-out split).")
 
     def validate_ratio(self) -> None:
         if self.min_discrimination <= 0:

@@ -159,6 +159,7 @@ def attempt_record(summary: dict[str, Any], recipe: RecoveryRecipe, overrides: S
             "overrides": [o for o in overrides if not o.startswith("--")],
             "layers": cfg.num_hidden_layers, "group_depth": cfg.group_depth, "groups": cfg.num_hidden_groups,
             "steps": tr.get("steps"), "tokens_per_run": study.tokens_per_run, "seeds": list(study.seeds),
+            "held_out": {"blocks": spec.held_out_blocks or "all", "mask_seed": spec.held_out_mask_seed},
             "primary_metric": spec.primary_metric, "lower": gap["lower"], "upper": gap["upper"], "gap": gap["gap"],
             "spread": gap["spread"], "discrimination": summary["discrimination"],
             "passes": bool(summary["discriminates"]),
@@ -172,7 +173,7 @@ def update_ledger(path: str | os.PathLike, record: dict[str, Any] | None) -> lis
     path = Path(path)
     entries = json.loads(path.read_text()) if path.is_file() else []
     if record is not None:
-        key = ("output_dir", "overrides", "seeds", "tokens_per_run", "group_depth")
+        key = ("output_dir", "overrides", "seeds", "tokens_per_run", "group_depth", "held_out")
         entries = [e for e in entries if tuple(str(e.get(k)) for k in key) != tuple(str(record.get(k)) for k in key)]
         entries.append(record)
         write_json(path, entries)
@@ -244,14 +245,18 @@ def attempts_table(attempts: Sequence[dict[str, Any]]) -> str:
     rows = []
     for a in attempts:
         setting = ", ".join(a.get("overrides") or []) or "the recipe as written"
+        held = a.get("held_out") or {}
+        masks = "each run's seed" if held.get("mask_seed") is None else f"seed {held['mask_seed']} for every run"
+        measured = f"{held.get('blocks', '?')} blocks, masks of {masks}"
         ratio = a["discrimination"]
         rows.append([a["kind"], f"`{a['output_dir']}`", setting, f"L = {a['layers']}, G = {a['group_depth']}, K = "
                      f"{a['groups']}", f"{a['steps']} / {a['tokens_per_run']:,}", len(a["seeds"]),
-                     f"{a['primary_metric']}: {a['lower']:.3f} → {a['upper']:.3f}", f"{a['gap']:+.3f}",
+                     measured, f"{a['primary_metric']}: {a['lower']:.3f} → {a['upper']:.3f}", f"{a['gap']:+.3f}",
                      f"{a['spread']:.3f}", ratio if isinstance(ratio, str) else f"{ratio:.1f}",
                      "yes" if a["passes"] else "no", f"{a['cost']['wall_s'] / 60:.0f} / {a['cost']['cpu_s'] / 60:.0f}"])
     return markdown_table(["kind", "output", "overrides", "sharing", "steps / tokens per run", "seeds",
-                           "lower → upper (mean)", "gap", "larger std", "discrimination", "≥ criterion",
+                           "held-out text measured", "lower → upper (mean)", "gap", "larger std", "discrimination",
+                           "≥ criterion",
                            "gap runs' min (wall / CPU)"], rows)
 
 
@@ -297,6 +302,10 @@ def _setup_lines(summary: dict[str, Any], results: dict[str, Any], recipe: Recov
     pre = study.run_recipe(study.variants[0], {}, "distill", study.seeds[0], Path(".")).to_dict()
     tr, data, optim, dist = pre["train"], pre["data"], pre["optim"], pre["distill"]
     ft = study.finetune
+    spec = recipe.recovery
+    held_text = (f"{spec.held_out_blocks or 'all'} blocks of {data['block_size']} tokens, "
+                 + ("each run masked with its own seed" if spec.held_out_mask_seed is None else
+                    f"masked once (seed {spec.held_out_mask_seed}): the same masked text for every model and seed"))
     rows = [BudgetRow(**r) for r in results.get("budget", [])]
     return [
         "### The students", "",
@@ -315,8 +324,8 @@ def _setup_lines(summary: dict[str, Any], results: dict[str, Any], recipe: Recov
         f"({dist['hidden_loss']}, every layer to the same reference layer) {dist['hidden_weight']}, logits "
         f"{dist['logit_weight']}. Seeds {', '.join(map(str, study.seeds))} (data order, MLM masks, fine-tuning "
         "shuffles; the init is the reference's, the same for every seed).",
-        f"- Measures on held-out text (the reference corpus's held-out documents, {tr['eval_batches']} batches × "
-        f"{tr['batch_size']} blocks): MLM loss; hidden distance to the reference, mean 1 − cos over real tokens of "
+        f"- Measures on held-out text (the reference corpus's held-out documents: {held_text}): MLM loss; hidden "
+        "distance to the reference, mean 1 − cos over real tokens of "
         f"the unmasked text, per effective layer and after the final norm; MLM loss on out-of-domain "
         f"{', '.join(study.ood.sources)}; `{ft.task}` accuracy (Rotten Tomatoes review snippets, fresh vs rotten, "
         f"split by movie: a stand-in, not SST-2) after the same fine-tuning for every model "

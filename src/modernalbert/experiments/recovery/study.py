@@ -72,8 +72,19 @@ class RecoveryStudy(AblationStudy):
         return [(v, init, seed) for seed in self.recipe.seeds for init in self.recipe.inits for v in ends + rest]
 
     def fingerprint_extra(self) -> Any:
-        """The reference's recipe: a run depends on the model it starts from and is distilled to."""
-        return {"reference": self.recovery.reference.to_dict()}
+        """The reference's recipe (a run depends on the model it starts from and is distilled to) and the held-out
+        text it is measured on."""
+        spec = self.recovery.recovery
+        return {"reference": self.recovery.reference.to_dict(),
+                "held_out": {"blocks": spec.held_out_blocks, "mask_seed": spec.held_out_mask_seed}}
+
+    def held_out(self, recipe: Any, tokenizer: Any) -> list[dict[str, torch.Tensor]]:
+        """``recovery.held_out_blocks`` held-out blocks with the masks of ``recovery.held_out_mask_seed``: with a
+        fixed seed, the same masked text for every variant and seed."""
+        from ..ablation import held_out_batches
+
+        spec = self.recovery.recovery
+        return held_out_batches(recipe, tokenizer, blocks=spec.held_out_blocks, mask_seed=spec.held_out_mask_seed)
 
     def measure_model(self, model: Any, held: list[dict[str, torch.Tensor]], tokenizer: Any, recipe: Any, *,
                       merged: bool = False) -> dict[str, Any]:
