@@ -151,6 +151,7 @@ def study_values(folder) -> dict:
     ({"recovery": {"lower": "nope"}}, "recovery.lower='nope' is not a variant"),
     ({"recovery": {"min_discrimination": 0}}, "min_discrimination=0"),
     ({"recovery": {"held_out_blocks": -1}}, "held_out_blocks=-1 is invalid"),
+    ({"seeds": [0]}, "needs at least 2 seeds"),
     ({"recovery": {"reference_recipe": "no/such.yaml"}}, "no/such.yaml does not exist"),
     ({"model": {"preset": "mini", "overrides": {**GEOM, "num_hidden_layers": 6}}}, "depth and width must match"),
 ])
@@ -234,6 +235,24 @@ def test_every_model_and_seed_is_measured_on_the_same_masked_held_out_text(tmp_p
     assert sum(len(b["input_ids"]) for b in all_blocks) > 8  # 0: the whole held-out split
 
 
+def test_another_output_dir_leaves_the_published_report_alone(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from modernalbert.experiments.ablation import AblationStudy, run_ablation
+    from modernalbert.experiments.recovery import run_recovery
+
+    seen = {}
+    monkeypatch.setattr(RecoveryStudy, "run", lambda self: seen.update(recovery=self.recovery) or {})
+    monkeypatch.setattr(AblationStudy, "run", lambda self: seen.update(ablation=self.recipe) or {})
+    run_recovery(RecoveryRecipe.from_dict(study_values(tmp_path)), output_dir=str(tmp_path / "elsewhere"))
+    r = seen["recovery"]
+    assert r.study.output_dir == str(tmp_path / "elsewhere")
+    assert r.study.report.results_md is None and r.recovery.summary_json is None and r.recovery.attempts_json is None
+    run_ablation(Path(__file__).resolve().parents[2] / "recipes" / "ablation-cpu.yaml",
+                 output_dir=str(tmp_path / "abl"))
+    assert seen["ablation"].output_dir == str(tmp_path / "abl") and seen["ablation"].report.results_md is None
+
+
 # ============================================================================================ the real pipeline
 
 
@@ -271,7 +290,9 @@ def test_the_summary_holds_every_metric_its_gap_fraction_and_the_discrimination(
     assert summary["primary_metric"]["key"] == "held_out_mlm" and summary["min_discrimination"] == 3.0
     gap = summary["gap"]["held_out_mlm"]
     assert summary["discrimination"] == pytest.approx(abs(gap["gap"]) / gap["spread"])
-    assert summary["discriminates"] == (summary["discrimination"] >= 3.0)
+    # the reference must be the better end (held-out MLM: lower), not just a distant one
+    assert summary["upper_better"] == (gap["gap"] < 0)
+    assert summary["discriminates"] == (summary["upper_better"] and summary["discrimination"] >= 3.0)
     full, albert = summary["variants"]["full"], summary["variants"]["albert"]
     assert full["gap_fraction"]["held_out_mlm"]["values"] == pytest.approx([1.0, 1.0])  # the ends, by definition
     assert albert["gap_fraction"]["held_out_mlm"]["values"] == pytest.approx([0.0, 0.0])

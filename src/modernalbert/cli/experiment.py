@@ -11,7 +11,8 @@ def _common(p: argparse.ArgumentParser, recipes: str) -> None:
     p.add_argument("recipe", help=f"YAML recipe ({recipes})")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="recipe overrides, e.g. seeds=[0] pretrain.train.steps=20 finetune.max_train_examples=200")
-    p.add_argument("--output-dir", default=None, help="replaces the recipe's output_dir")
+    p.add_argument("--output-dir", default=None, help="replaces the recipe's output_dir; the report stays in "
+                   "that folder (the recipe's published report and summary are left alone)")
     p.add_argument("--force", action="store_true", help="delete the recorded runs of the output folder, start over")
 
 

@@ -361,7 +361,8 @@ def run_ablation(recipe: AblationRecipe | str | os.PathLike, overrides: Sequence
     Args:
         recipe: An :class:`AblationRecipe` or the path of a YAML recipe.
         overrides: Dotted ``key=value`` overrides (with a path).
-        output_dir: Replaces the recipe's ``output_dir``.
+        output_dir: Replaces the recipe's ``output_dir``; the report then stays in that folder (``report.results_md``
+            is not written: a study elsewhere must not replace the published one).
         force: Start over (delete the earlier runs of the output folder).
         log: Where progress lines go.
 
@@ -377,6 +378,7 @@ def run_ablation(recipe: AblationRecipe | str | os.PathLike, overrides: Sequence
         recipe = AblationRecipe.load(recipe, list(overrides))
     if output_dir is not None:
         recipe.output_dir = str(output_dir)
+        recipe.report.results_md = None
     extra = [*overrides] + ([f"--output-dir {output_dir}"] if output_dir else [])
     return AblationStudy(recipe, force=force, log=log, recipe_path=path, overrides=extra).run()
 

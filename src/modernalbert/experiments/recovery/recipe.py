@@ -86,10 +86,10 @@ class RecoveryRecipe:
         """Build and validate a recovery recipe from a nested mapping.
 
         Raises:
-            ValueError: A missing or invalid ``recovery`` section, a ``teacher.name`` (the reference is the
-                teacher), inits other than ``[distill]``, gap ends that are not variants, an ``upper`` that is not
-                the exempt full-parameter model, a primary metric the study does not measure, or a student geometry
-                of another depth or width than the reference's.
+            ValueError: Fewer than 2 seeds, a missing or invalid ``recovery`` section, a ``teacher.name`` (the
+                reference is the teacher), inits other than ``[distill]``, gap ends that are not variants, an
+                ``upper`` that is not the exempt full-parameter model, a primary metric the study does not measure,
+                or a student geometry of another depth or width than the reference's.
         """
         if not isinstance(values, dict):
             raise ValueError(f"A recovery recipe must be a mapping, got {type(values).__name__}.")
@@ -125,6 +125,9 @@ class RecoveryRecipe:
         from ...model.configuration import ModernAlbertConfig
 
         study, spec = self.study, self.recovery
+        if len(study.seeds) < 2:
+            raise ValueError(f"seeds={study.seeds!r}: a recovery study needs at least 2 seeds (3 for the criterion to "
+                             "mean much): the gap is judged against the seed spread, e.g. seeds=[0,1,2].")
         if study.inits != ["distill"]:
             raise ValueError(f"inits={study.inits!r} is invalid for a recovery study: every student is initialised "
                              "from the reference, inits must be [distill].")

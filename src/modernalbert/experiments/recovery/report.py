@@ -116,6 +116,8 @@ def build_summary(results: dict[str, Any], recipe: RecoveryRecipe, attempts: Seq
                                               **_entry(mrecs, metrics, ends, gaps)}
     primary = recipe.primary
     disc = gaps.get(primary.key, {}).get("discrimination")
+    # the reference must be better than the ALBERT-style model, not just far from it
+    upper_better = None if disc is None else (gaps[primary.key]["gap"] > 0) == primary.higher_is_better
     ref = results.get("reference", {})
     runs = results.get("runs", {}).values()
     run_cost = {"runs": len(results.get("runs", {})), "wall_s": sum(r["cost"]["total"]["wall_s"] for r in runs),
@@ -126,7 +128,8 @@ def build_summary(results: dict[str, Any], recipe: RecoveryRecipe, attempts: Seq
         "primary_metric": {"key": primary.key, "label": primary.label, "higher_is_better": primary.higher_is_better},
         "discrimination": None if disc is None else (disc if math.isfinite(disc) else "inf"),
         "min_discrimination": spec.min_discrimination,
-        "discriminates": None if disc is None else disc >= spec.min_discrimination,
+        "upper_better": upper_better,
+        "discriminates": None if disc is None else bool(upper_better and disc >= spec.min_discrimination),
         "gap_ends": {"lower": spec.lower, "upper": spec.upper}, "gap": gaps,
         "seeds": list(seeds), "tokens_per_run": study.tokens_per_run, "tie_rule": "|Δ mean| <= max(std): tie",
         "reference": {"recipe": spec.reference_recipe, "final_dir": ref.get("final_dir"), "tokens": ref.get("tokens"),
@@ -365,6 +368,8 @@ def render(summary: dict[str, Any], results: dict[str, Any], recipe: RecoveryRec
              "larger seed spread of its two ends."]
     if gap is not None:
         verdict = "**discriminates**" if summary["discriminates"] else "**does not discriminate**"
+        if not summary["upper_better"]:
+            verdict += f" ({spec.upper} is worse than {spec.lower}: there is no cost of sharing to recover)"
         lines += ["", f"Here: {gap['lower']:.4f} ± {gap['lower_std']:.4f} ({spec.lower}) → {gap['upper']:.4f} ± "
                   f"{gap['upper_std']:.4f} ({spec.upper}), gap {gap['gap']:+.4f} = "
                   f"{disc if isinstance(disc, str) else f'{disc:.1f}'}× the larger spread: the regime {verdict}."]

@@ -126,7 +126,9 @@ def run_recovery(recipe: RecoveryRecipe | str | os.PathLike, overrides: Sequence
     Args:
         recipe: A :class:`RecoveryRecipe` or the path of a YAML recovery recipe.
         overrides: Dotted ``key=value`` overrides (with a path).
-        output_dir: Replaces the recipe's ``output_dir``.
+        output_dir: Replaces the recipe's ``output_dir``; the report, summary and ledger then stay in that folder
+            (``report.results_md``, ``recovery.summary_json`` and ``recovery.attempts_json`` are not written: a study
+            elsewhere must not replace the published one).
         pilot: Run only the gap's two variants and record the setting's discrimination ratio.
         force: Start over (delete the recorded runs of the output folder; the reference is kept).
         log: Where progress lines go.
@@ -144,6 +146,7 @@ def run_recovery(recipe: RecoveryRecipe | str | os.PathLike, overrides: Sequence
         recipe = RecoveryRecipe.load(recipe, list(overrides))
     if output_dir is not None:
         recipe.study.output_dir = str(output_dir)
+        recipe.study.report.results_md = recipe.recovery.summary_json = recipe.recovery.attempts_json = None
     extra = [*overrides] + ([f"--output-dir {output_dir}"] if output_dir else [])
     return RecoveryStudy(recipe, pilot=pilot, force=force, log=log, recipe_path=path, overrides=extra).run()
 
