@@ -152,7 +152,8 @@ def study_values(folder) -> dict:
     ({"recovery": {"min_discrimination": 0}}, "min_discrimination=0"),
     ({"recovery": {"held_out_blocks": -1}}, "held_out_blocks=-1 is invalid"),
     ({"seeds": [0]}, "needs at least 2 seeds"),
-    ({"recovery": {"reference_recipe": "no/such.yaml"}}, "no/such.yaml does not exist"),
+    ({"recovry": {}}, "Unknown key\\(s\\) \\['recovry'\\] in recovery recipe \\(top level\\).*'recovery'"),
+    ({"recovery": {"reference_recipe": "no/such.yaml"}}, "recovery.reference_recipe='no/such.yaml': .*does not exist"),
     ({"model": {"preset": "mini", "overrides": {**GEOM, "num_hidden_layers": 6}}}, "depth and width must match"),
 ])
 def test_invalid_recovery_recipes_name_what_is_wrong(tmp_path, change, message):

@@ -7,11 +7,11 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ...utils.config import from_mapping, load_yaml, typed_config
+from ...utils.config import check_keys, from_mapping, load_yaml, typed_config
 from ..ablation import AblationRecipe, Metric, study_metrics
 from .reference import load_reference_recipe
 
@@ -94,9 +94,14 @@ class RecoveryRecipe:
         if not isinstance(values, dict):
             raise ValueError(f"A recovery recipe must be a mapping, got {type(values).__name__}.")
         values = copy.deepcopy(values)
+        check_keys(values, [f.name for f in fields(AblationRecipe)] + ["recovery"],
+                   "Unknown key(s) {keys} in recovery recipe (top level)")
         spec = from_mapping(RecoverySpec, values.pop("recovery", None),
                             unknown="Unknown key(s) {keys} in recovery recipe section 'recovery'", prefix="recovery")
-        reference = load_reference_recipe(spec.reference_recipe, spec.reference_overrides)
+        try:
+            reference = load_reference_recipe(spec.reference_recipe, spec.reference_overrides)
+        except (FileNotFoundError, ValueError) as e:  # say which field named the file
+            raise type(e)(f"recovery.reference_recipe={spec.reference_recipe!r}: {e}") from e
         teacher = values.setdefault("teacher", {})
         if not isinstance(teacher, dict) or teacher.get("name"):
             raise ValueError("teacher.name is set by the study (the reference's final folder, from "

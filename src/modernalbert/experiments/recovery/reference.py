@@ -50,7 +50,7 @@ def load_reference_recipe(path: str | Path, overrides: Sequence[str] = ()) -> An
     recipe = Recipe.load(path, list(overrides))
     cfg = ModernAlbertConfig.from_preset(recipe.model.preset, **recipe.model.overrides)
     if cfg.group_depth != 1 or any(v != "glu" for v in cfg.ffn_variants):
-        raise ValueError(f"recovery.reference_recipe {path}: the reference must be a full-parameter model "
+        raise ValueError(f"Reference recipe {path}: the reference must be a full-parameter model "
                          f"(group_depth: 1, plain GeGLU FFNs), got group_depth={cfg.group_depth}, "
                          f"ffn_variants={cfg.ffn_variants}.")
     return recipe
