@@ -111,8 +111,9 @@ class MaskedBatches:
                 for i, b in zip(range(0, len(blocks), batch_size), blocks.split(batch_size))]
 
 
-def prepare_blocks(recipe: Any, tokenizer: Any, *, rank: int, world_size: int, eval_blocks: int):
-    """Train batches (:class:`FiniteBatches` or :class:`StreamingBatches`) and held-out blocks for a recipe.
+def prepare_blocks(recipe: Any, tokenizer: Any, *, rank: int, world_size: int, eval_blocks: int | None):
+    """Train batches (:class:`FiniteBatches` or :class:`StreamingBatches`) and the first ``eval_blocks`` held-out
+    blocks (None: all of them) for a recipe.
 
     Raises:
         ValueError: An invalid corpus, or too little text for one global batch / any held-out block.

@@ -60,7 +60,7 @@ def held_out_batches(recipe: Any, tokenizer: Any, *, blocks: int | None = None,
     from ...training.data import MaskedBatches, prepare_blocks
 
     tr = recipe.train
-    n = tr.eval_batches * tr.batch_size if blocks is None else (blocks or 2**62)
+    n = tr.eval_batches * tr.batch_size if blocks is None else (blocks or None)  # None: every held-out block
     _, held_blocks = prepare_blocks(recipe, tokenizer, rank=0, world_size=1, eval_blocks=n)
     seed = recipe.seed if mask_seed is None else mask_seed
     return MaskedBatches(tokenizer, seed).fixed(held_blocks, tr.batch_size)

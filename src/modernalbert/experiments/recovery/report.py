@@ -31,6 +31,7 @@ from ..ablation import (
     merge_name,
     merge_table,
     metric_values,
+    run_key,
     verdict_cell,
 )
 from .gap import measure_gap, seed_fractions
@@ -48,7 +49,7 @@ READING_PLACEHOLDER = ("(Not written yet: say which of the paper's claims these 
 
 def _records(results: dict[str, Any], name: str, seeds: Sequence[int]) -> list[dict[str, Any]]:
     runs = results.get("runs", {})
-    return [runs[k] for s in seeds if (k := f"{name}--distill--seed{s}") in runs]
+    return [runs[k] for s in seeds if (k := run_key(name, "distill", s)) in runs]
 
 
 def _by_seed(records: Sequence[dict[str, Any]], metric: Metric) -> dict[int, float]:
