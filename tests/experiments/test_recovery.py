@@ -19,6 +19,7 @@ from modernalbert.experiments.recovery import (
     layer_distinctness,
     load_reference_recipe,
     measure_gap,
+    reference_flat,
     reference_ready,
     seed_fractions,
 )
@@ -57,6 +58,42 @@ def test_flatness_is_the_relative_change_over_the_last_quarter():
     curve = [[50, 6.0], [100, 5.0], [150, 4.5], [200, 4.41]]
     assert flatness(curve) == pytest.approx((4.41 - 4.5) / 4.5)  # from step 150 (= 0.75 * 200) to the end
     assert flatness([[10, 3.0]]) is None
+
+
+def _attempt(ref_steps, ref_mlm, *, gap=-0.2, group_depth=2, tokens=102400):
+    return {"kind": "study", "output_dir": "runs/x", "overrides": [], "seeds": [0, 1, 2], "group_depth": group_depth,
+            "tokens_per_run": tokens, "held_out": {"blocks": "all", "mask_seed": 0}, "gap": gap,
+            "reference": {"steps": ref_steps, "tokens": ref_steps * 1024, "held_out_mlm": ref_mlm}}
+
+
+@pytest.mark.parametrize(("previous_mlm", "flat"), [(3.06, True), (3.05 + 0.05 + 1e-9, False)])
+def test_the_reference_has_flattened_when_more_training_moves_it_less_than_its_share_of_the_gap(previous_mlm,
+                                                                                                  flat):
+    summary = {"reference": {"steps": 2400, "tokens": 2400 * 1024, "held_out_mlm": 3.05},
+               "gap": {"held_out_mlm": {"gap": -0.2}}}
+    attempts = [_attempt(800, 3.5), _attempt(1600, previous_mlm), _attempt(2400, 3.05),
+                _attempt(1800, 2.0, group_depth=3)]  # another sharing factor: not this setting's reference
+    got = reference_flat(summary, attempts, within=0.25)
+    assert got["flat"] is flat and got["previous"]["steps"] == 1600  # the next smaller budget of the same setting
+    assert got["gain"] == pytest.approx(previous_mlm - 3.05) and got["allowed"] == pytest.approx(0.05)
+
+
+def test_the_reference_flatness_cannot_be_judged_without_a_smaller_budget_or_a_gap():
+    summary = {"reference": {"steps": 1600, "tokens": 1600 * 1024, "held_out_mlm": 3.0},
+               "gap": {"held_out_mlm": {"gap": -0.2}}}
+    assert reference_flat(summary, [_attempt(1600, 3.0)], within=0.25)["flat"] is None
+    assert reference_flat({**summary, "gap": {}}, [_attempt(800, 3.3), _attempt(1600, 3.0)], 0.25)["flat"] is None
+
+
+def test_the_ledger_keeps_references_of_other_budgets_apart(tmp_path):
+    from modernalbert.experiments.recovery.report import update_ledger
+
+    path = tmp_path / "attempts.json"
+    update_ledger(path, _attempt(1600, 3.02))
+    update_ledger(path, _attempt(2400, 2.95))
+    entries = update_ledger(path, _attempt(2400, 2.94))  # the same setting again: replaced
+    assert [(e["reference"]["steps"], e["reference"]["held_out_mlm"]) for e in entries] == [(1600, 3.02),
+                                                                                           (2400, 2.94)]
 
 
 def test_layer_distinctness_is_zero_for_identical_layers_and_about_0_71_for_independent_ones():
@@ -151,6 +188,8 @@ def study_values(folder) -> dict:
     ({"recovery": {"lower": "nope"}}, "recovery.lower='nope' is not a variant"),
     ({"recovery": {"min_discrimination": 0}}, "min_discrimination=0"),
     ({"recovery": {"held_out_blocks": -1}}, "held_out_blocks=-1 is invalid"),
+    ({"recovery": {"flat_within": 0}}, "flat_within=0.0 is invalid"),
+    ({"recovery": {"flat_within": float("nan")}}, "flat_within=nan is invalid"),
     ({"seeds": [0]}, "needs at least 2 seeds"),
     ({"recovry": {}}, "Unknown key\\(s\\) \\['recovry'\\] in recovery recipe \\(top level\\).*'recovery'"),
     ({"recovery": {"reference_recipe": "no/such.yaml"}}, "recovery.reference_recipe='no/such.yaml': .*does not exist"),
@@ -272,6 +311,7 @@ def test_a_toy_study_builds_the_reference_and_runs_every_stage(toy):
     ref = results["reference"]
     assert ref["tokens"] == 2 * 4 * 32 and ref["cost"]["steps"] == 2 and ref["cost"]["cpu_s"] > 0
     assert set(ref["curve"]) >= {"mlm", "eval_mlm"} and len(ref["distinctness"]) == 4
+    assert ref["steps"] == 2 and math.isfinite(ref["held_out_mlm"])
     assert set(results["runs"]) == {f"{v}--distill--seed{s}" for v in ("full", "albert", "mol") for s in (0, 1)}
     # the gap's two ends run first in every seed
     started = [line.split("] ")[1].split(" ")[0] for line in lines if line.endswith(" ...")]
@@ -309,6 +349,9 @@ def test_the_summary_holds_every_metric_its_gap_fraction_and_the_discrimination(
     (entry,) = summary["attempts"]
     assert entry["kind"] == "study" and entry["group_depth"] == 2 and entry["discrimination"] == \
         summary["discrimination"]
+    assert entry["reference"]["steps"] == 2 and entry["reference"]["held_out_mlm"] == \
+        summary["reference"]["held_out_mlm"]
+    assert summary["reference"]["flat"]["flat"] is None  # one reference budget: nothing to compare it with
 
 
 def test_the_report_names_the_primary_metric_and_shows_the_reference(toy):
@@ -317,6 +360,7 @@ def test_the_report_names_the_primary_metric_and_shows_the_reference(toy):
     assert "**Primary metric** (named in the recipe before running): **held-out MLM ↓**" in doc
     assert "modernalbert experiment recovery toy.yaml" in doc and "<!-- reading:start -->" in doc
     assert "*Distinct layers*" in doc and "Fraction of the ALBERT-style → reference gap closed" in doc
+    assert "*Held-out MLM of the reference as built*" in doc and "*Flattened* (criterion" in doc
     assert "Merged MoL" in doc and "not SST-2" in doc
     for png in ("recovery_reference_curve.png", "recovery_gap_fractions.png", "recovery_layer_distance.png"):
         assert (folder / "docs" / "results" / png).stat().st_size > 1000

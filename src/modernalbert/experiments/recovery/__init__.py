@@ -21,7 +21,9 @@ pipeline at CPU scale:
    merged MoL variant) the fraction of the ALBERT-style -> reference gap it closes, over >= 3 seeds (:mod:`~.gap`).
 
 The recipe names the **primary metric** before anything runs; the regime *discriminates* when the reference vs
-ALBERT-style gap on it is at least ``min_discrimination`` (3) times the larger seed spread. Pilots
+ALBERT-style gap on it is at least ``min_discrimination`` (3) times the larger seed spread. The reference counts as
+*flattened* when, against the next smaller reference budget in the ledger, its held-out MLM gained at most
+``flat_within`` of that gap (:func:`~.report.reference_flat`). Pilots
 (``--pilot``: only the gap's two ends) record each setting's ratio in a ledger of attempts that the report shows.
 Every run is recorded as it finishes and skipped on the next invocation (the ablation harness's resumability); the
 reference resumes from its last checkpoint. Every choice here is ours, not the paper's.
@@ -42,7 +44,15 @@ from .reference import (
     reference_curve,
     reference_ready,
 )
-from .report import SUMMARY_FILE, attempt_record, build_summary, publish_report, render, update_ledger
+from .report import (
+    SUMMARY_FILE,
+    attempt_record,
+    build_summary,
+    publish_report,
+    reference_flat,
+    render,
+    update_ledger,
+)
 from .study import RecoveryStudy, run_recovery
 
 __all__ = [
@@ -66,6 +76,7 @@ __all__ = [
     "publish_report",
     "recovery_metrics",
     "reference_curve",
+    "reference_flat",
     "reference_ready",
     "render",
     "run_recovery",

@@ -40,6 +40,10 @@ class RecoverySpec:
         held_out_mask_seed: The seed of those blocks' MLM masks, the same for every variant and seed, so that a
             seed's spread is the training's and not the masks' (as the out-of-domain text is measured). None: each
             run's own seed, as the trainer's held-out evaluation (the ablation's measure).
+        flat_within: When the reference counts as flattened: the largest held-out MLM gain (nats, on the study's
+            held-out text) over the next smaller reference budget recorded in the ledger, as a fraction of the
+            ALBERT-style -> reference gap on held-out MLM. 0.25: more reference training moves the reference by at
+            most a quarter of the cost of sharing the study measures.
     """
 
     reference_recipe: str = "recipes/recovery-reference.yaml"
@@ -52,11 +56,17 @@ class RecoverySpec:
     attempts_json: str | None = None
     held_out_blocks: int = 0
     held_out_mask_seed: int | None = 0
+    flat_within: float = 0.25
 
     def validate_held_out(self) -> None:
         if self.held_out_blocks < 0:
             raise ValueError(f"recovery.held_out_blocks={self.held_out_blocks!r} is invalid: expected a number of "
                              "blocks >= 0 (0: the whole held-out split).")
+
+    def validate_flat_within(self) -> None:
+        if not self.flat_within > 0:
+            raise ValueError(f"recovery.flat_within={self.flat_within!r} is invalid: expected a fraction of the gap "
+                             "> 0, e.g. 0.25.")
 
     def validate_ratio(self) -> None:
         if self.min_discrimination <= 0:

@@ -133,7 +133,8 @@ def build_summary(results: dict[str, Any], recipe: RecoveryRecipe, attempts: Seq
         "discriminates": None if disc is None else bool(upper_better and disc >= spec.min_discrimination),
         "gap_ends": {"lower": spec.lower, "upper": spec.upper}, "gap": gaps,
         "seeds": list(seeds), "tokens_per_run": study.tokens_per_run, "tie_rule": "|Δ mean| <= max(std): tie",
-        "reference": {"recipe": spec.reference_recipe, "final_dir": ref.get("final_dir"), "tokens": ref.get("tokens"),
+        "reference": {"recipe": spec.reference_recipe, "final_dir": ref.get("final_dir"), "steps": ref.get("steps"),
+                      "tokens": ref.get("tokens"), "held_out_mlm": ref.get("held_out_mlm"),
                       "flatness": ref.get("flatness"), "cost": ref_cost,
                       "distinctness": [{"layer": d["layer"], "group": d["group"], "mean": d["mean"]}
                                        for d in ref.get("distinctness", [])]},
@@ -167,6 +168,8 @@ def attempt_record(summary: dict[str, Any], recipe: RecoveryRecipe, overrides: S
             "primary_metric": spec.primary_metric, "lower": gap["lower"], "upper": gap["upper"], "gap": gap["gap"],
             "spread": gap["spread"], "discrimination": summary["discrimination"],
             "passes": bool(summary["discriminates"]),
+            "reference": {k: summary["reference"].get(k) for k in ("steps", "tokens", "held_out_mlm")}
+            | {"flatness": (summary["reference"].get("flatness") or {}).get("eval_mlm")},
             "cost": {"runs": len(ends), "wall_s": round(sum(r["cost"]["total"]["wall_s"] for r in ends), 1),
                      "cpu_s": round(sum(r["cost"]["total"]["cpu_s"] for r in ends), 1)}}
 
@@ -177,11 +180,44 @@ def update_ledger(path: str | os.PathLike, record: dict[str, Any] | None) -> lis
     path = Path(path)
     entries = json.loads(path.read_text()) if path.is_file() else []
     if record is not None:
-        key = ("output_dir", "overrides", "seeds", "tokens_per_run", "group_depth", "held_out")
-        entries = [e for e in entries if tuple(str(e.get(k)) for k in key) != tuple(str(record.get(k)) for k in key)]
+        entries = [e for e in entries if _setting(e) != _setting(record)]
         entries.append(record)
         write_json(path, entries)
     return entries
+
+
+def _setting(entry: dict[str, Any]) -> tuple[str, ...]:
+    """What makes two ledger entries the same setting: the students' (folder, overrides, seeds, tokens, sharing,
+    held-out text) and the reference's budget."""
+    keys = ("output_dir", "overrides", "seeds", "tokens_per_run", "group_depth", "held_out")
+    return (*(str(entry.get(k)) for k in keys), str((entry.get("reference") or {}).get("tokens")))
+
+
+def reference_flat(summary: dict[str, Any], attempts: Sequence[dict[str, Any]], within: float) -> dict[str, Any]:
+    """Whether the reference's held-out losses have flattened: its held-out MLM (the study's held-out text) against
+    the reference of the next smaller budget recorded in the ledger for the same students' setting (sharing, tokens
+    per run, held-out text), the gain compared with ``within`` x the ALBERT-style -> reference gap on held-out MLM.
+
+    Returns:
+        ``{"flat": bool | None, "gain", "allowed", "previous": {"steps", "tokens", "held_out_mlm"}, "reason"}``;
+        ``flat`` is None when it cannot be judged (no smaller budget recorded, or no gap yet).
+    """
+    ref = summary["reference"]
+    gap = summary["gap"].get("held_out_mlm")
+    tokens, value = ref.get("tokens"), ref.get("held_out_mlm")
+    mine = [a for a in attempts if (a.get("reference") or {}).get("tokens") == tokens]
+    same = ("group_depth", "tokens_per_run", "held_out")
+    smaller = [a for a in attempts
+               if (a.get("reference") or {}).get("held_out_mlm") is not None and tokens is not None
+               and a["reference"]["tokens"] < tokens
+               and any(all(str(a.get(k)) == str(m.get(k)) for k in same) for m in mine)]
+    if value is None or gap is None or not smaller:
+        return {"flat": None, "reason": "no gap yet" if gap is None else
+                "no smaller reference budget recorded for this setting"}
+    prev = max(smaller, key=lambda a: a["reference"]["tokens"])["reference"]
+    gain, allowed = prev["held_out_mlm"] - value, within * abs(gap["gap"])
+    return {"flat": bool(gain <= allowed), "gain": gain, "allowed": allowed, "within": within,
+            "previous": {k: prev.get(k) for k in ("steps", "tokens", "held_out_mlm")}}
 
 
 # ================================================================================================ markdown
@@ -285,10 +321,11 @@ def _reference_lines(summary: dict[str, Any], results: dict[str, Any], recipe: R
                   "Training (lines) and held-out (markers) losses of the reference: MLM (left) and hidden-state "
                   "cosine distance to the MiniLM teacher (right).", ""]
     if flat:
-        lines += ["*Flattened*: relative change of the held-out losses over the last quarter of training: "
+        lines += ["*Within the run*: relative change of the held-out losses over the last quarter of training: "
                   + ", ".join(f"{k.removeprefix('eval_')} {100 * v:+.1f} %" for k, v in flat.items() if v is not None)
                   + " (the schedule decays the learning rate to 0 over its last "
-                  f"{r.get('optim', {}).get('decay_steps')} steps).", ""]
+                  f"{r.get('optim', {}).get('decay_steps')} steps, and the loss falls most as it does).", ""]
+    lines += _flat_lines(summary, results, recipe)
     dist_rows = ref.get("distinctness", [])
     if dist_rows:
         rows = [[d["layer"], d["group"], *[f"{x:.3f}" for x in d["matrices"].values()], f"{d['mean']:.3f}"]
@@ -298,6 +335,38 @@ def _reference_lines(summary: dict[str, Any], results: dict[str, Any], recipe: R
                   "‖W_j − mean_chunk W‖ / ‖W_j‖ per block matrix (0: identical layers, sharing would lose nothing; "
                   "about 0.71 for independent random matrices in a chunk of two):", "",
                   markdown_table(["reference layer", "student group", *names, "mean"], rows), ""]
+    return lines
+
+
+def _flat_lines(summary: dict[str, Any], results: dict[str, Any], recipe: RecoveryRecipe) -> list[str]:
+    ref = summary["reference"]
+    if ref.get("held_out_mlm") is None:
+        return []
+    upper = summary["variants"].get(recipe.recovery.upper, {}).get("metrics", {}).get("held_out_mlm")
+    lines = [f"*Held-out MLM of the reference as built*, measured as every student is: **{ref['held_out_mlm']:.4f}**"
+             + (f" (`{recipe.recovery.upper}`, the same model after the students' training: {upper['mean']:.4f} ± "
+                f"{upper['std']:.4f})" if upper else "") + ".", ""]
+    budgets = [a for a in summary["attempts"] if (a.get("reference") or {}).get("held_out_mlm") is not None]
+    if budgets:
+        rows = [[a["kind"], a["output_dir"], a["reference"]["steps"], f"{a['reference']['tokens']:,}",
+                 f"{a['reference']['held_out_mlm']:.4f}",
+                 "—" if a["reference"].get("flatness") is None else f"{100 * a['reference']['flatness']:+.1f} %",
+                 f"{a['gap']:+.4f}", f"{a['discrimination']:.1f}×" if isinstance(a["discrimination"], float) else "—"]
+                for a in budgets]
+        lines += ["References of every budget tried (from the ledger), with the study each one anchored:", "",
+                  markdown_table(["kind", "output", "reference steps", "reference tokens", "reference held-out MLM",
+                                  "its last quarter", "students' gap (primary)", "discrimination"], rows), ""]
+    fl = ref.get("flat") or {}
+    if fl.get("flat") is None:
+        verdict = f"cannot be judged yet ({fl.get('reason', 'not measured')})"
+    else:
+        prev = fl["previous"]
+        verdict = (f"**{'yes' if fl['flat'] else 'no'}**: {ref['steps']} steps instead of {prev['steps']} lowered "
+                   f"the reference's held-out MLM by {fl['gain']:.4f} nats ({prev['held_out_mlm']:.4f} → "
+                   f"{ref['held_out_mlm']:.4f}), against at most {fl['allowed']:.4f} allowed "
+                   f"({fl['within']:g} × the ALBERT-style → reference gap on held-out MLM)")
+    lines += [f"*Flattened* (criterion `recovery.flat_within`, ours: more reference training moves the reference by "
+              f"at most a fraction of the cost of sharing measured): {verdict}.", ""]
     return lines
 
 
@@ -438,6 +507,7 @@ def publish_report(study: Any) -> Path:
     summary = build_summary(results, recipe, command=command)
     attempts = update_ledger(ledger, attempt_record(summary, recipe, study.overrides, study.pilot, results))
     summary["attempts"] = attempts
+    summary["reference"]["flat"] = reference_flat(summary, attempts, spec.flat_within)
     write_json(out / SUMMARY_FILE, summary)
     pngs = {"reference": out / "reference_curve.png", "gap": out / "gap_fractions.png",
             "layers": out / "layer_distance.png"}
@@ -467,4 +537,5 @@ def publish_report(study: Any) -> Path:
 
 
 __all__ = ["READING_PLACEHOLDER", "REPORT_FILE", "SUMMARY_FILE", "attempt_record", "attempts_table", "build_summary",
-           "end_verdicts", "gap_table", "layer_table", "metric_table", "publish_report", "render", "update_ledger"]
+           "end_verdicts", "gap_table", "layer_table", "metric_table", "publish_report", "reference_flat", "render",
+           "update_ledger"]

@@ -59,10 +59,21 @@ class RecoveryStudy(AblationStudy):
         tr = ref.train
         self.results["reference"] = {
             "final_dir": str(build.final_dir), "recipe": ref.to_dict(), "cost": build.cost,
-            "tokens": tr.steps * tr.batch_size * tr.grad_accum * ref.data.block_size, "curve": curve,
-            "flatness": {k: flatness(curve[k]) for k in ("eval_mlm", "eval_hidden") if k in curve},
+            "steps": tr.steps, "tokens": tr.steps * tr.batch_size * tr.grad_accum * ref.data.block_size,
+            "curve": curve, "flatness": {k: flatness(curve[k]) for k in ("eval_mlm", "eval_hidden") if k in curve},
+            "held_out_mlm": self._reference_held_out_mlm(model, build.final_dir, base),
             "distinctness": layer_distinctness(model, groups), "groups": groups}
         self._save()
+
+    def _reference_held_out_mlm(self, model: Any, final_dir: Path, variant: VariantSpec) -> float:
+        """The reference as built, measured as every student is (the same held-out blocks and masks): where the
+        ``upper`` variant starts, and what references of other budgets are compared on."""
+        from ...model.loading import load_tokenizer
+        from ..ablation import mlm_loss
+
+        run = self.recipe.run_recipe(variant, {}, self.recipe.inits[0], self.recipe.seeds[0], self.out)
+        held = self.held_out(run, load_tokenizer(final_dir))
+        return mlm_loss(model.eval(), held)
 
     def plan(self) -> list[tuple[VariantSpec, str, int]]:
         """Seed-major, the gap's two ends first in every seed; a pilot runs only those."""
