@@ -289,15 +289,16 @@ def attempts_table(attempts: Sequence[dict[str, Any]]) -> str:
         masks = "each run's seed" if held.get("mask_seed") is None else f"seed {held['mask_seed']} for every run"
         measured = f"{held.get('blocks', '?')} blocks, masks of {masks}"
         ratio = a["discrimination"]
-        rows.append([a["kind"], f"`{a['output_dir']}`", setting, f"L = {a['layers']}, G = {a['group_depth']}, K = "
+        ref_steps = (a.get("reference") or {}).get("steps")
+        rows.append([a["kind"], f"`{a['output_dir']}`", setting, "—" if ref_steps is None else ref_steps,
+                     f"L = {a['layers']}, G = {a['group_depth']}, K = "
                      f"{a['groups']}", f"{a['steps']} / {a['tokens_per_run']:,}", len(a["seeds"]),
                      measured, f"{a['primary_metric']}: {a['lower']:.3f} → {a['upper']:.3f}", f"{a['gap']:+.3f}",
                      f"{a['spread']:.3f}", ratio if isinstance(ratio, str) else f"{ratio:.1f}",
                      "yes" if a["passes"] else "no", f"{a['cost']['wall_s'] / 60:.0f} / {a['cost']['cpu_s'] / 60:.0f}"])
-    return markdown_table(["kind", "output", "overrides", "sharing", "steps / tokens per run", "seeds",
-                           "held-out text measured", "lower → upper (mean)", "gap", "larger std", "discrimination",
-                           "≥ criterion",
-                           "gap runs' min (wall / CPU)"], rows)
+    return markdown_table(["kind", "output", "overrides", "reference steps", "sharing", "steps / tokens per run",
+                           "seeds", "held-out text measured", "lower → upper (mean)", "gap", "larger std",
+                           "discrimination", "≥ criterion", "gap runs' min (wall / CPU)"], rows)
 
 
 def _reference_lines(summary: dict[str, Any], results: dict[str, Any], recipe: RecoveryRecipe,
