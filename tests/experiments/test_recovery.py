@@ -69,20 +69,16 @@ def _attempt(ref_steps, ref_mlm, *, gap=-0.2, group_depth=2, tokens=102400):
 @pytest.mark.parametrize(("previous_mlm", "flat"), [(3.06, True), (3.05 + 0.05 + 1e-9, False)])
 def test_the_reference_has_flattened_when_more_training_moves_it_less_than_its_share_of_the_gap(previous_mlm,
                                                                                                   flat):
-    summary = {"reference": {"steps": 2400, "tokens": 2400 * 1024, "held_out_mlm": 3.05},
-               "gap": {"held_out_mlm": {"gap": -0.2}}}
     attempts = [_attempt(800, 3.5), _attempt(1600, previous_mlm), _attempt(2400, 3.05),
                 _attempt(1800, 2.0, group_depth=3)]  # another sharing factor: not this setting's reference
-    got = reference_flat(summary, attempts, within=0.25)
+    got = reference_flat(attempts[2], attempts, -0.2, within=0.25)
     assert got["flat"] is flat and got["previous"]["steps"] == 1600  # the next smaller budget of the same setting
     assert got["gain"] == pytest.approx(previous_mlm - 3.05) and got["allowed"] == pytest.approx(0.05)
 
 
 def test_the_reference_flatness_cannot_be_judged_without_a_smaller_budget_or_a_gap():
-    summary = {"reference": {"steps": 1600, "tokens": 1600 * 1024, "held_out_mlm": 3.0},
-               "gap": {"held_out_mlm": {"gap": -0.2}}}
-    assert reference_flat(summary, [_attempt(1600, 3.0)], within=0.25)["flat"] is None
-    assert reference_flat({**summary, "gap": {}}, [_attempt(800, 3.3), _attempt(1600, 3.0)], 0.25)["flat"] is None
+    assert reference_flat(_attempt(1600, 3.0), [_attempt(1600, 3.0)], -0.2, within=0.25)["flat"] is None
+    assert reference_flat(None, [_attempt(800, 3.3), _attempt(1600, 3.0)], None, 0.25)["flat"] is None
 
 
 def test_the_ledger_keeps_references_of_other_budgets_apart(tmp_path):

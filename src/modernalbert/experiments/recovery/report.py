@@ -193,29 +193,27 @@ def _setting(entry: dict[str, Any]) -> tuple[str, ...]:
     return (*(str(entry.get(k)) for k in keys), str((entry.get("reference") or {}).get("tokens")))
 
 
-def reference_flat(summary: dict[str, Any], attempts: Sequence[dict[str, Any]], within: float) -> dict[str, Any]:
-    """Whether the reference's held-out losses have flattened: its held-out MLM (the study's held-out text) against
-    the reference of the next smaller budget recorded in the ledger for the same students' setting (sharing, tokens
-    per run, held-out text), the gain compared with ``within`` x the ALBERT-style -> reference gap on held-out MLM.
+def reference_flat(record: dict[str, Any] | None, attempts: Sequence[dict[str, Any]], mlm_gap: float | None,
+                   within: float) -> dict[str, Any]:
+    """Whether the reference's held-out losses have flattened: the held-out MLM (the study's held-out text) of this
+    attempt's reference (``record``, from :func:`attempt_record`) against the reference of the next smaller budget
+    in the ledger for the same students' setting (sharing, tokens per run, held-out text), the gain compared with
+    ``within`` x ``mlm_gap``, the ALBERT-style -> reference gap on held-out MLM.
 
     Returns:
-        ``{"flat": bool | None, "gain", "allowed", "previous": {"steps", "tokens", "held_out_mlm"}, "reason"}``;
-        ``flat`` is None when it cannot be judged (no smaller budget recorded, or no gap yet).
+        ``{"flat": bool | None, "gain", "allowed", "within", "previous": {"steps", "tokens", "held_out_mlm"}}``;
+        ``flat`` is None, with a ``reason``, when it cannot be judged (no gap yet, or no smaller budget recorded).
     """
-    ref = summary["reference"]
-    gap = summary["gap"].get("held_out_mlm")
-    tokens, value = ref.get("tokens"), ref.get("held_out_mlm")
-    mine = [a for a in attempts if (a.get("reference") or {}).get("tokens") == tokens]
+    ref = (record or {}).get("reference") or {}
+    if ref.get("held_out_mlm") is None or mlm_gap is None:
+        return {"flat": None, "reason": "no gap yet"}
     same = ("group_depth", "tokens_per_run", "held_out")
-    smaller = [a for a in attempts
-               if (a.get("reference") or {}).get("held_out_mlm") is not None and tokens is not None
-               and a["reference"]["tokens"] < tokens
-               and any(all(str(a.get(k)) == str(m.get(k)) for k in same) for m in mine)]
-    if value is None or gap is None or not smaller:
-        return {"flat": None, "reason": "no gap yet" if gap is None else
-                "no smaller reference budget recorded for this setting"}
-    prev = max(smaller, key=lambda a: a["reference"]["tokens"])["reference"]
-    gain, allowed = prev["held_out_mlm"] - value, within * abs(gap["gap"])
+    smaller = [(a.get("reference") or {}) for a in attempts if all(str(a.get(k)) == str(record.get(k)) for k in same)]
+    smaller = [r for r in smaller if r.get("held_out_mlm") is not None and r["tokens"] < ref["tokens"]]
+    if not smaller:
+        return {"flat": None, "reason": "no smaller reference budget recorded for this setting"}
+    prev = max(smaller, key=lambda r: r["tokens"])
+    gain, allowed = prev["held_out_mlm"] - ref["held_out_mlm"], within * abs(mlm_gap)
     return {"flat": bool(gain <= allowed), "gain": gain, "allowed": allowed, "within": within,
             "previous": {k: prev.get(k) for k in ("steps", "tokens", "held_out_mlm")}}
 
@@ -506,9 +504,11 @@ def publish_report(study: Any) -> Path:
     command = study.command()
     ledger = Path(spec.attempts_json) if spec.attempts_json else out / "attempts.json"
     summary = build_summary(results, recipe, command=command)
-    attempts = update_ledger(ledger, attempt_record(summary, recipe, study.overrides, study.pilot, results))
+    record = attempt_record(summary, recipe, study.overrides, study.pilot, results)
+    attempts = update_ledger(ledger, record)
     summary["attempts"] = attempts
-    summary["reference"]["flat"] = reference_flat(summary, attempts, spec.flat_within)
+    mlm_gap = summary["gap"].get("held_out_mlm", {}).get("gap")
+    summary["reference"]["flat"] = reference_flat(record, attempts, mlm_gap, spec.flat_within)
     write_json(out / SUMMARY_FILE, summary)
     pngs = {"reference": out / "reference_curve.png", "gap": out / "gap_fractions.png",
             "layers": out / "layer_distance.png"}
