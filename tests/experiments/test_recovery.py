@@ -21,6 +21,7 @@ from modernalbert.experiments.recovery import (
     measure_gap,
     reference_flat,
     reference_ready,
+    reference_sensitivity,
     seed_fractions,
 )
 
@@ -79,6 +80,32 @@ def test_the_reference_has_flattened_when_more_training_moves_it_less_than_its_s
 def test_the_reference_flatness_cannot_be_judged_without_a_smaller_budget_or_a_gap():
     assert reference_flat(_attempt(1600, 3.0), [_attempt(1600, 3.0)], -0.2, within=0.25)["flat"] is None
     assert reference_flat(None, [_attempt(800, 3.3), _attempt(1600, 3.0)], None, 0.25)["flat"] is None
+
+
+def _fractions(mol, rrt, std=0.01):
+    return {"mol": {"held_out_mlm": {"mean": mol, "std": std, "resolved": True}},
+            "rrt": {"held_out_mlm": {"mean": rrt, "std": std, "resolved": True}}}
+
+
+def test_gap_fractions_are_compared_across_reference_budgets_by_the_tie_rule():
+    attempts = [{**_attempt(2400, 2.8), "gap_fractions": _fractions(0.0, 0.10)},
+                {**_attempt(1600, 3.0), "gap_fractions": _fractions(0.05, 0.05)},  # out of order: sorted by tokens
+                {**_attempt(4800, 2.6), "gap_fractions": _fractions(0.005, 0.08)},
+                {**_attempt(3200, 2.7, group_depth=3), "gap_fractions": _fractions(0.9, 0.9)},  # other students
+                {**_attempt(800, 3.3)}]  # no fractions recorded: left out
+    sens = reference_sensitivity(attempts[2], attempts, ["held_out_mlm"])
+    assert sens["steps"] == [1600, 2400, 4800]
+    mol, rrt = sens["variants"]["mol"]["held_out_mlm"], sens["variants"]["rrt"]["held_out_mlm"]
+    assert [f["mean"] for f in mol["fractions"]] == [0.05, 0.0, 0.005]
+    assert mol["moves"] is True  # 0.05 -> 0.005: beyond the larger std (0.01)
+    assert rrt["moves"] is True and mol["resolved"] == [True, True, True]
+    attempts[2]["gap_fractions"] = _fractions(0.045, 0.055)
+    sens = reference_sensitivity(attempts[2], attempts, ["held_out_mlm"])
+    assert sens["variants"]["mol"]["held_out_mlm"]["moves"] is False  # 0.05 -> 0.045: a tie
+    assert sens["variants"]["rrt"]["held_out_mlm"]["moves"] is False
+    # one budget only: nothing to compare
+    alone = reference_sensitivity(attempts[3], attempts, ["held_out_mlm"])
+    assert alone["steps"] == [3200] and alone["variants"]["mol"]["held_out_mlm"]["moves"] is None
 
 
 def test_the_ledger_keeps_references_of_other_budgets_apart(tmp_path):
@@ -377,6 +404,31 @@ def test_a_rerun_skips_the_reference_and_finished_runs_and_keeps_the_reading(toy
     assert "Hand-written." in doc.read_text()
     ledger = json.loads((folder / "docs" / "results" / "attempts.json").read_text())
     assert len(ledger) == 1  # the same setting again: its entry is replaced, not duplicated
+
+
+def test_the_report_shows_how_the_gap_fractions_move_with_the_reference_budget(toy):
+    folder, values, _, _ = toy
+    ledger = folder / "docs" / "results" / "attempts.json"
+    (entry,) = json.loads(ledger.read_text())
+    summary = json.loads((folder / "docs" / "results" / "recovery.json").read_text())
+    recorded = entry["gap_fractions"]["mol"]["held_out_mlm"]
+    assert recorded["mean"] == summary["variants"]["mol"]["gap_fraction"]["held_out_mlm"]["mean"]
+    assert "mol+router-deltas-fold" in entry["gap_fractions"]
+    smaller = copy.deepcopy(entry)  # the same students anchored on a reference of half the budget
+    smaller["reference"] |= {"steps": 1, "tokens": entry["reference"]["tokens"] // 2}
+    smaller["gap_fractions"]["mol"]["held_out_mlm"] |= {"mean": recorded["mean"] + 10.0, "std": 0.0}
+    ledger.write_text(json.dumps([smaller, entry]))
+    RecoveryStudy(RecoveryRecipe.from_dict(copy.deepcopy(values)), log=lambda _: None).run()
+    summary = json.loads((folder / "docs" / "results" / "recovery.json").read_text())
+    assert summary["reference"]["sensitivity"]["steps"] == [1, 2]
+    # rendered for every metric whose gap is resolved; here forced onto the primary one
+    summary["reference"]["sensitivity"] = reference_sensitivity(entry, [smaller, entry], ["held_out_mlm"])
+    assert summary["reference"]["sensitivity"]["variants"]["mol"]["held_out_mlm"]["moves"] is True
+    from modernalbert.experiments.recovery.report import sensitivity_lines
+
+    text = "\n".join(sensitivity_lines(summary, RecoveryRecipe.from_dict(copy.deepcopy(values))))
+    assert "| model | reference 1 steps | reference 2 steps | smallest → largest |" in text
+    assert "**moves**" in text and "albert" not in text.split("gap closed:")[1]  # the gap's ends are left out
 
 
 def test_the_command_line_is_registered():

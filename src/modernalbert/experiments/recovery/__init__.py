@@ -23,7 +23,8 @@ pipeline at CPU scale:
 The recipe names the **primary metric** before anything runs; the regime *discriminates* when the reference vs
 ALBERT-style gap on it is at least ``min_discrimination`` (3) times the larger seed spread. The reference counts as
 *flattened* when, against the next smaller reference budget in the ledger, its held-out MLM gained at most
-``flat_within`` of that gap (:func:`~.report.reference_flat`). Pilots
+``flat_within`` of that gap (:func:`~.report.reference_flat`); the report also shows how every variant's gap
+fractions move between the reference budgets the ledger holds (:func:`~.report.reference_sensitivity`). Pilots
 (``--pilot``: only the gap's two ends) record each setting's ratio in a ledger of attempts that the report shows.
 Every run is recorded as it finishes and skipped on the next invocation (the ablation harness's resumability); the
 reference resumes from its last checkpoint. Every choice here is ours, not the paper's.
@@ -50,6 +51,7 @@ from .report import (
     build_summary,
     publish_report,
     reference_flat,
+    reference_sensitivity,
     render,
     update_ledger,
 )
@@ -78,6 +80,7 @@ __all__ = [
     "reference_curve",
     "reference_flat",
     "reference_ready",
+    "reference_sensitivity",
     "render",
     "run_recovery",
     "seed_fractions",

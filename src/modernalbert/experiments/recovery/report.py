@@ -170,8 +170,18 @@ def attempt_record(summary: dict[str, Any], recipe: RecoveryRecipe, overrides: S
             "passes": bool(summary["discriminates"]),
             "reference": {k: summary["reference"].get(k) for k in ("steps", "tokens", "held_out_mlm")}
             | {"flatness": (summary["reference"].get("flatness") or {}).get("eval_mlm")},
+            "gap_fractions": gap_fractions_of(summary),
             "cost": {"runs": len(ends), "wall_s": round(sum(r["cost"]["total"]["wall_s"] for r in ends), 1),
                      "cpu_s": round(sum(r["cost"]["total"]["cpu_s"] for r in ends), 1)}}
+
+
+def gap_fractions_of(summary: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per variant and merged variant (``"mol+router-deltas-fold"``), per metric: the gap fraction's mean, std and
+    whether that metric's gap is resolved; what the ledger keeps to compare studies anchored on other references."""
+    entries = {**summary.get("variants", {}), **summary.get("merged", {})}
+    return {name: {k: {"mean": fr["mean"], "std": fr["std"], "resolved": fr["resolved"]}
+                   for k, fr in e.get("gap_fraction", {}).items() if fr.get("mean") is not None}
+            for name, e in entries.items()}
 
 
 def update_ledger(path: str | os.PathLike, record: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -216,6 +226,43 @@ def reference_flat(record: dict[str, Any] | None, attempts: Sequence[dict[str, A
     gain, allowed = prev["held_out_mlm"] - ref["held_out_mlm"], within * abs(mlm_gap)
     return {"flat": bool(gain <= allowed), "gain": gain, "allowed": allowed, "within": within,
             "previous": {k: prev.get(k) for k in ("steps", "tokens", "held_out_mlm")}}
+
+
+def reference_sensitivity(record: dict[str, Any] | None, attempts: Sequence[dict[str, Any]],
+                          metric_keys: Sequence[str]) -> dict[str, Any]:
+    """How each variant's gap fractions move with the reference's budget: the studies in the ledger of this
+    attempt's students' setting (sharing, tokens per run, seeds, held-out text) with gap fractions recorded, one per
+    reference budget (the last recorded wins), smallest first; for every variant and metric the fraction at each
+    budget and whether the smallest and the largest budget's fractions differ beyond the larger std (the tie rule).
+
+    Returns:
+        ``{"steps": [reference steps, ...], "variants": {name: {metric: {"fractions": [{"mean", "std"} | None, ...],
+        "resolved": [bool | None, ...], "moves": bool | None}}}}``; ``steps`` has fewer than two entries when there
+        is nothing to compare.
+    """
+    same = ("kind", "group_depth", "tokens_per_run", "seeds", "held_out")
+    by_tokens: dict[int, dict[str, Any]] = {}
+    for a in attempts:
+        ref = a.get("reference") or {}
+        if (record is not None and all(str(a.get(k)) == str(record.get(k)) for k in same)
+                and a.get("gap_fractions") and ref.get("tokens") is not None):
+            by_tokens[ref["tokens"]] = a
+    studies = [by_tokens[t] for t in sorted(by_tokens)]
+    names = list(dict.fromkeys(n for a in studies for n in a["gap_fractions"]))
+    variants: dict[str, Any] = {}
+    for name in names:
+        variants[name] = {}
+        for key in metric_keys:
+            cells = [a["gap_fractions"].get(name, {}).get(key) for a in studies]
+            first, last = cells[0] if cells else None, cells[-1] if cells else None
+            moves = None
+            if len(cells) >= 2 and first and last:
+                moves = abs(last["mean"] - first["mean"]) > max(first["std"], last["std"])
+            variants[name][key] = {"fractions": [None if c is None else {"mean": c["mean"], "std": c["std"]}
+                                                 for c in cells],
+                                   "resolved": [None if c is None else c.get("resolved") for c in cells],
+                                   "moves": moves}
+    return {"steps": [a["reference"]["steps"] for a in studies], "variants": variants}
 
 
 # ================================================================================================ markdown
@@ -366,6 +413,41 @@ def _flat_lines(summary: dict[str, Any], results: dict[str, Any], recipe: Recove
                    f"({fl['within']:g} × the ALBERT-style → reference gap on held-out MLM)")
     lines += [f"*Flattened* (criterion `recovery.flat_within`, ours: more reference training moves the reference by "
               f"at most a fraction of the cost of sharing measured): {verdict}.", ""]
+    return lines + sensitivity_lines(summary, recipe)
+
+
+def sensitivity_lines(summary: dict[str, Any], recipe: RecoveryRecipe) -> list[str]:
+    """The gap fractions of every variant under each reference budget the ledger holds for these students (from
+    :func:`reference_sensitivity`), one table per metric whose gap is resolved; nothing with fewer than two."""
+    sens = summary["reference"].get("sensitivity") or {}
+    steps = sens.get("steps", [])
+    if len(steps) < 2:
+        return []
+    spec, study = recipe.recovery, recipe.study
+    labels = {v.name: v.label for v in study.variants}
+    metrics = {m.key: m for m in recovery_metrics(study)}
+    lines = ["*The gap fractions under each reference budget* (the same students' setting, from the ledger): a "
+             "variant's fraction *moves* when the smallest and the largest budget's means differ by more than the "
+             "larger std (the tie rule); in parentheses, fractions of a gap that was within the spread.", ""]
+    keys = list(dict.fromkeys(k for v in sens["variants"].values() for k in v))
+    for key in keys:
+        rows = []
+        for name, per_metric in sens["variants"].items():
+            base = name.split("+")[0]
+            if base in (spec.lower, spec.upper) or key not in per_metric:
+                continue
+            cell = per_metric[key]
+            # three decimals: these fractions are compared with each other, many of them near 0
+            texts = ["—" if fr is None else (f"{fr['mean']:+.3f} ± {fr['std']:.3f}" if res else
+                                             f"({fr['mean']:+.3f} ± {fr['std']:.3f})")
+                     for fr, res in zip(cell["fractions"], cell["resolved"], strict=True)]
+            moves = "—" if cell["moves"] is None else "**moves**" if cell["moves"] else "stable"
+            label = labels.get(base, base) + (f", merged ({name.split('+', 1)[1]})" if "+" in name else "")
+            rows.append([label, *texts, moves])
+        label = metrics[key].label.rstrip(" ↓↑") if key in metrics else key
+        lines += [f"{label} gap closed:", "",
+                  markdown_table(["model", *[f"reference {s:,} steps" for s in steps], "smallest → largest"], rows),
+                  ""]
     return lines
 
 
@@ -509,6 +591,8 @@ def publish_report(study: Any) -> Path:
     summary["attempts"] = attempts
     mlm_gap = summary["gap"].get("held_out_mlm", {}).get("gap")
     summary["reference"]["flat"] = reference_flat(record, attempts, mlm_gap, spec.flat_within)
+    resolved = [k for k, g in summary["gap"].items() if g.get("resolved")]
+    summary["reference"]["sensitivity"] = reference_sensitivity(record, attempts, resolved)
     write_json(out / SUMMARY_FILE, summary)
     pngs = {"reference": out / "reference_curve.png", "gap": out / "gap_fractions.png",
             "layers": out / "layer_distance.png"}
@@ -538,5 +622,5 @@ def publish_report(study: Any) -> Path:
 
 
 __all__ = ["READING_PLACEHOLDER", "REPORT_FILE", "SUMMARY_FILE", "attempt_record", "attempts_table", "build_summary",
-           "end_verdicts", "gap_table", "layer_table", "metric_table", "publish_report", "reference_flat", "render",
-           "update_ledger"]
+           "end_verdicts", "gap_fractions_of", "gap_table", "layer_table", "metric_table", "publish_report",
+           "reference_flat", "reference_sensitivity", "render", "sensitivity_lines", "update_ledger"]
