@@ -82,30 +82,58 @@ def test_the_reference_flatness_cannot_be_judged_without_a_smaller_budget_or_a_g
     assert reference_flat(None, [_attempt(800, 3.3), _attempt(1600, 3.0)], None, 0.25)["flat"] is None
 
 
-def _fractions(mol, rrt, std=0.01):
-    return {"mol": {"held_out_mlm": {"mean": mol, "std": std, "resolved": True}},
-            "rrt": {"held_out_mlm": {"mean": rrt, "std": std, "resolved": True}}}
+def _fractions(mol, rrt, std=(0.01, 0.01), resolved=True):
+    return {"mol": {"held_out_mlm": {"mean": mol, "std": std[0], "resolved": resolved}},
+            "rrt": {"held_out_mlm": {"mean": rrt, "std": std[1], "resolved": resolved}}}
+
+
+def _budgets(*cells):
+    """Ledger entries of one students' setting at reference budgets of (steps, fractions)."""
+    return [{**_attempt(steps, 3.0), "gap_fractions": fr} for steps, fr in cells]
 
 
 def test_gap_fractions_are_compared_across_reference_budgets_by_the_tie_rule():
-    attempts = [{**_attempt(2400, 2.8), "gap_fractions": _fractions(0.0, 0.10)},
-                {**_attempt(1600, 3.0), "gap_fractions": _fractions(0.05, 0.05)},  # out of order: sorted by tokens
-                {**_attempt(4800, 2.6), "gap_fractions": _fractions(0.005, 0.08)},
-                {**_attempt(3200, 2.7, group_depth=3), "gap_fractions": _fractions(0.9, 0.9)},  # other students
-                {**_attempt(800, 3.3)}]  # no fractions recorded: left out
+    # binary fractions throughout, so that the boundary cases are exact
+    attempts = _budgets((2400, _fractions(0.0, 0.125)),
+                        (1600, _fractions(0.5, 0.5, std=(0.25, 0.0625))),  # out of order: sorted by tokens
+                        (4800, _fractions(0.3125, 0.75, std=(0.0625, 0.125))))
     sens = reference_sensitivity(attempts[2], attempts, ["held_out_mlm"])
-    assert sens["steps"] == [1600, 2400, 4800]
+    assert sens["steps"] == [1600, 2400, 4800] and sens["tokens"] == [1600 * 1024, 2400 * 1024, 4800 * 1024]
     mol, rrt = sens["variants"]["mol"]["held_out_mlm"], sens["variants"]["rrt"]["held_out_mlm"]
-    assert [f["mean"] for f in mol["fractions"]] == [0.05, 0.0, 0.005]
-    assert mol["moves"] is True  # 0.05 -> 0.005: beyond the larger std (0.01)
-    assert rrt["moves"] is True and mol["resolved"] == [True, True, True]
-    attempts[2]["gap_fractions"] = _fractions(0.045, 0.055)
+    assert [f["mean"] for f in mol["fractions"]] == [0.5, 0.0, 0.3125] and mol["resolved"] == [True] * 3
+    assert mol["moves"] is False  # |Δ| = 0.1875 <= the larger std (0.25, not the smaller 0.0625): a tie
+    assert rrt["moves"] is True  # |Δ| = 0.25 > max(0.0625, 0.125)
+    attempts[2]["gap_fractions"] = _fractions(0.75, 0.375, std=(0.0625, 0.125))
     sens = reference_sensitivity(attempts[2], attempts, ["held_out_mlm"])
-    assert sens["variants"]["mol"]["held_out_mlm"]["moves"] is False  # 0.05 -> 0.045: a tie
-    assert sens["variants"]["rrt"]["held_out_mlm"]["moves"] is False
-    # one budget only: nothing to compare
-    alone = reference_sensitivity(attempts[3], attempts, ["held_out_mlm"])
-    assert alone["steps"] == [3200] and alone["variants"]["mol"]["held_out_mlm"]["moves"] is None
+    assert sens["variants"]["mol"]["held_out_mlm"]["moves"] is False  # |Δ| = 0.25 = the larger std: still a tie
+    assert sens["variants"]["rrt"]["held_out_mlm"]["moves"] is False  # |Δ| = 0.125 = the larger std
+
+
+def test_the_budget_comparison_keeps_other_settings_out_and_skips_what_it_cannot_judge():
+    base = _budgets((1600, _fractions(0.0, 0.05)), (4800, _fractions(0.5, 0.5)))
+    others = [{**_attempt(2400, 3.0, group_depth=3), "gap_fractions": _fractions(0.9, 0.9)},  # other sharing
+              {**_attempt(2400, 3.0), "kind": "pilot", "gap_fractions": _fractions(0.9, 0.9)},  # a pilot
+              {**_attempt(2400, 3.0), "seeds": [0, 1], "gap_fractions": _fractions(0.9, 0.9)},  # other seeds
+              {**_attempt(2400, 3.0), "overrides": ["pretrain.optim.lr=1e-3"],  # students trained otherwise
+               "gap_fractions": _fractions(0.9, 0.9)},
+              {**_attempt(2400, 3.0), "overrides": ["output_dir=runs/y", "recovery.reference_overrides=[a=1]"],
+               "gap_fractions": _fractions(0.1, 0.1)},  # only anchored elsewhere: the same students
+              {**_attempt(800, 3.3)},  # no fractions recorded
+              {**_attempt(4800, 2.9), "gap_fractions": _fractions(0.2, 0.2)}]  # the same budget again: the later
+    attempts = base + others
+    sens = reference_sensitivity(base[1], attempts, ["held_out_mlm"])
+    assert sens["steps"] == [1600, 2400, 4800]
+    assert [f["mean"] for f in sens["variants"]["mol"]["held_out_mlm"]["fractions"]] == [0.0, 0.1, 0.2]
+    assert reference_sensitivity(None, attempts, ["held_out_mlm"])["steps"] == []
+    # a gap within the spread at one end: compared between the budgets that resolved it
+    attempts[-1]["gap_fractions"] = _fractions(0.2, 0.2, resolved=False)
+    mol = reference_sensitivity(base[1], attempts, ["held_out_mlm"])["variants"]["mol"]["held_out_mlm"]
+    assert mol["resolved"] == [True, True, False] and mol["moves"] is True  # 0.0 -> 0.1
+    # a variant measured under one budget only cannot move
+    attempts[-1]["gap_fractions"] = {"mol": _fractions(0.2, 0.2)["mol"]}
+    attempts[-3]["gap_fractions"] = {"mol": _fractions(0.1, 0.1)["mol"]}
+    rrt = reference_sensitivity(base[1], attempts, ["held_out_mlm"])["variants"]["rrt"]["held_out_mlm"]
+    assert rrt["fractions"][1:] == [None, None] and rrt["moves"] is None
 
 
 def test_the_ledger_keeps_references_of_other_budgets_apart(tmp_path):
@@ -407,6 +435,8 @@ def test_a_rerun_skips_the_reference_and_finished_runs_and_keeps_the_reading(toy
 
 
 def test_the_report_shows_how_the_gap_fractions_move_with_the_reference_budget(toy):
+    from modernalbert.experiments.recovery.report import sensitivity_lines
+
     folder, values, _, _ = toy
     ledger = folder / "docs" / "results" / "attempts.json"
     (entry,) = json.loads(ledger.read_text())
@@ -418,17 +448,29 @@ def test_the_report_shows_how_the_gap_fractions_move_with_the_reference_budget(t
     smaller["reference"] |= {"steps": 1, "tokens": entry["reference"]["tokens"] // 2}
     smaller["gap_fractions"]["mol"]["held_out_mlm"] |= {"mean": recorded["mean"] + 10.0, "std": 0.0}
     ledger.write_text(json.dumps([smaller, entry]))
-    RecoveryStudy(RecoveryRecipe.from_dict(copy.deepcopy(values)), log=lambda _: None).run()
-    summary = json.loads((folder / "docs" / "results" / "recovery.json").read_text())
-    assert summary["reference"]["sensitivity"]["steps"] == [1, 2]
-    # rendered for every metric whose gap is resolved; here forced onto the primary one
-    summary["reference"]["sensitivity"] = reference_sensitivity(entry, [smaller, entry], ["held_out_mlm"])
-    assert summary["reference"]["sensitivity"]["variants"]["mol"]["held_out_mlm"]["moves"] is True
-    from modernalbert.experiments.recovery.report import sensitivity_lines
-
+    try:
+        RecoveryStudy(RecoveryRecipe.from_dict(copy.deepcopy(values)), log=lambda _: None).run()
+        summary = json.loads((folder / "docs" / "results" / "recovery.json").read_text())
+        doc = (folder / "docs" / "recovery.md").read_text()
+    finally:
+        ledger.write_text(json.dumps([entry]))
+    sens = summary["reference"]["sensitivity"]
+    assert sens["steps"] == [1, 2] and sens["tokens"] == [entry["reference"]["tokens"] // 2, 256]
+    # compared on the metrics whose gap this study resolved; the report shows a table only for those
+    resolved = [k for k, g in summary["gap"].items() if g["resolved"]]
+    assert all(set(per_metric) == set(resolved) for per_metric in sens["variants"].values())
+    assert ("*The gap fractions under each reference budget*" in doc) == bool(resolved)
+    # rendered with the primary metric resolved at both budgets
+    both = [copy.deepcopy(smaller), copy.deepcopy(entry)]
+    for e in both:
+        e["gap_fractions"]["mol"]["held_out_mlm"]["resolved"] = True
+    summary["reference"]["sensitivity"] = reference_sensitivity(both[1], both, ["held_out_mlm"])
     text = "\n".join(sensitivity_lines(summary, RecoveryRecipe.from_dict(copy.deepcopy(values))))
-    assert "| model | reference 1 steps | reference 2 steps | smallest → largest |" in text
-    assert "**moves**" in text and "albert" not in text.split("gap closed:")[1]  # the gap's ends are left out
+    assert "| model | reference 1 steps | reference 2 steps | first → last |" in text and "**moves**" in text
+    rows = [line.split("|")[1].strip() for line in text.split("gap closed:")[1].splitlines() if line.startswith("| ")]
+    assert "mol" in rows and not {"albert", "full"} & set(rows)  # the gap's two ends are left out
+    summary["reference"]["sensitivity"] = reference_sensitivity(both[1], both, [])
+    assert sensitivity_lines(summary, RecoveryRecipe.from_dict(copy.deepcopy(values))) == []  # nothing compared
 
 
 def test_the_command_line_is_registered():

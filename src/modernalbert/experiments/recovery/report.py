@@ -228,24 +228,42 @@ def reference_flat(record: dict[str, Any] | None, attempts: Sequence[dict[str, A
             "previous": {k: prev.get(k) for k in ("steps", "tokens", "held_out_mlm")}}
 
 
+# Overrides that choose where a study runs or which reference it is anchored on, not how its students train.
+ANCHOR_OVERRIDES = ("output_dir=", "recovery.reference_overrides=")
+
+
+def _students_setting(entry: dict[str, Any]) -> tuple[str, ...]:
+    keys = ("kind", "group_depth", "tokens_per_run", "seeds", "held_out")
+    overrides = [o for o in entry.get("overrides") or [] if not o.startswith(ANCHOR_OVERRIDES)]
+    return (*(str(entry.get(k)) for k in keys), str(overrides))
+
+
 def reference_sensitivity(record: dict[str, Any] | None, attempts: Sequence[dict[str, Any]],
                           metric_keys: Sequence[str]) -> dict[str, Any]:
-    """How each variant's gap fractions move with the reference's budget: the studies in the ledger of this
-    attempt's students' setting (sharing, tokens per run, seeds, held-out text) with gap fractions recorded, one per
-    reference budget (the last recorded wins), smallest first; for every variant and metric the fraction at each
-    budget and whether the smallest and the largest budget's fractions differ beyond the larger std (the tie rule).
+    """How each variant's gap fractions move with the reference's budget.
+
+    The studies compared are the ledger entries of this attempt's students' setting (kind, sharing, tokens per run,
+    seeds, held-out text, and the overrides other than ``output_dir`` and ``recovery.reference_overrides``) that
+    recorded gap fractions, one per reference budget in tokens (of two at the same budget, the later entry),
+    smallest first. A variant's fraction *moves* when the first and the last budget that measured it with a
+    resolved gap differ by more than the larger of their per-seed stds (the tie rule applied to fractions: a
+    statement about the fractions, not one of the report's verdicts, which compare raw values).
+
+    Args:
+        record: This attempt's ledger entry (:func:`attempt_record`); None compares nothing.
+        attempts: The ledger's entries.
+        metric_keys: The metrics to compare (the report passes those whose gap is resolved in this attempt).
 
     Returns:
-        ``{"steps": [reference steps, ...], "variants": {name: {metric: {"fractions": [{"mean", "std"} | None, ...],
-        "resolved": [bool | None, ...], "moves": bool | None}}}}``; ``steps`` has fewer than two entries when there
-        is nothing to compare.
+        ``{"steps": [reference steps, ...], "tokens": [reference tokens, ...], "variants": {name: {metric:
+        {"fractions": [{"mean", "std"} | None, ...], "resolved": [bool | None, ...], "moves": bool | None}}}}``,
+        one list item per budget; ``moves`` is None with fewer than two resolved budgets.
     """
-    same = ("kind", "group_depth", "tokens_per_run", "seeds", "held_out")
     by_tokens: dict[int, dict[str, Any]] = {}
     for a in attempts:
         ref = a.get("reference") or {}
-        if (record is not None and all(str(a.get(k)) == str(record.get(k)) for k in same)
-                and a.get("gap_fractions") and ref.get("tokens") is not None):
+        if (record is not None and _students_setting(a) == _students_setting(record) and a.get("gap_fractions")
+                and ref.get("tokens") is not None):
             by_tokens[ref["tokens"]] = a
     studies = [by_tokens[t] for t in sorted(by_tokens)]
     names = list(dict.fromkeys(n for a in studies for n in a["gap_fractions"]))
@@ -254,15 +272,17 @@ def reference_sensitivity(record: dict[str, Any] | None, attempts: Sequence[dict
         variants[name] = {}
         for key in metric_keys:
             cells = [a["gap_fractions"].get(name, {}).get(key) for a in studies]
-            first, last = cells[0] if cells else None, cells[-1] if cells else None
+            measured = [c for c in cells if c is not None and c.get("resolved")]
             moves = None
-            if len(cells) >= 2 and first and last:
+            if len(measured) >= 2:
+                first, last = measured[0], measured[-1]
                 moves = abs(last["mean"] - first["mean"]) > max(first["std"], last["std"])
             variants[name][key] = {"fractions": [None if c is None else {"mean": c["mean"], "std": c["std"]}
                                                  for c in cells],
                                    "resolved": [None if c is None else c.get("resolved") for c in cells],
                                    "moves": moves}
-    return {"steps": [a["reference"]["steps"] for a in studies], "variants": variants}
+    return {"steps": [(a["reference"] or {}).get("steps") for a in studies],
+            "tokens": [a["reference"]["tokens"] for a in studies], "variants": variants}
 
 
 # ================================================================================================ markdown
@@ -372,6 +392,7 @@ def _reference_lines(summary: dict[str, Any], results: dict[str, Any], recipe: R
                   + " (the schedule decays the learning rate to 0 over its last "
                   f"{r.get('optim', {}).get('decay_steps')} steps, and the loss falls most as it does).", ""]
     lines += _flat_lines(summary, results, recipe)
+    lines += sensitivity_lines(summary, recipe)
     dist_rows = ref.get("distinctness", [])
     if dist_rows:
         rows = [[d["layer"], d["group"], *[f"{x:.3f}" for x in d["matrices"].values()], f"{d['mean']:.3f}"]
@@ -413,27 +434,27 @@ def _flat_lines(summary: dict[str, Any], results: dict[str, Any], recipe: Recove
                    f"({fl['within']:g} × the ALBERT-style → reference gap on held-out MLM)")
     lines += [f"*Flattened* (criterion `recovery.flat_within`, ours: more reference training moves the reference by "
               f"at most a fraction of the cost of sharing measured): {verdict}.", ""]
-    return lines + sensitivity_lines(summary, recipe)
+    return lines
 
 
 def sensitivity_lines(summary: dict[str, Any], recipe: RecoveryRecipe) -> list[str]:
     """The gap fractions of every variant under each reference budget the ledger holds for these students (from
-    :func:`reference_sensitivity`), one table per metric whose gap is resolved; nothing with fewer than two."""
+    :func:`reference_sensitivity`), one table per metric compared; nothing with fewer than two budgets or no
+    variant besides the gap's two ends (a pilot)."""
     sens = summary["reference"].get("sensitivity") or {}
-    steps = sens.get("steps", [])
-    if len(steps) < 2:
+    steps, tokens = sens.get("steps", []), sens.get("tokens", [])
+    if len(tokens) < 2:
         return []
     spec, study = recipe.recovery, recipe.study
     labels = {v.name: v.label for v in study.variants}
     metrics = {m.key: m for m in recovery_metrics(study)}
-    lines = ["*The gap fractions under each reference budget* (the same students' setting, from the ledger): a "
-             "variant's fraction *moves* when the smallest and the largest budget's means differ by more than the "
-             "larger std (the tie rule); in parentheses, fractions of a gap that was within the spread.", ""]
-    keys = list(dict.fromkeys(k for v in sens["variants"].values() for k in v))
-    for key in keys:
+    columns = [f"reference {s:,} steps" if s is not None else f"reference {t:,} tokens"
+               for s, t in zip(steps, tokens, strict=True)]
+    tables = []
+    for key in dict.fromkeys(k for v in sens["variants"].values() for k in v):
         rows = []
         for name, per_metric in sens["variants"].items():
-            base = name.split("+")[0]
+            base, _, merge = name.partition("+")
             if base in (spec.lower, spec.upper) or key not in per_metric:
                 continue
             cell = per_metric[key]
@@ -442,13 +463,18 @@ def sensitivity_lines(summary: dict[str, Any], recipe: RecoveryRecipe) -> list[s
                                              f"({fr['mean']:+.3f} ± {fr['std']:.3f})")
                      for fr, res in zip(cell["fractions"], cell["resolved"], strict=True)]
             moves = "—" if cell["moves"] is None else "**moves**" if cell["moves"] else "stable"
-            label = labels.get(base, base) + (f", merged ({name.split('+', 1)[1]})" if "+" in name else "")
-            rows.append([label, *texts, moves])
-        label = metrics[key].label.rstrip(" ↓↑") if key in metrics else key
-        lines += [f"{label} gap closed:", "",
-                  markdown_table(["model", *[f"reference {s:,} steps" for s in steps], "smallest → largest"], rows),
-                  ""]
-    return lines
+            rows.append([labels.get(base, base) + (f", merged ({merge})" if merge else ""), *texts, moves])
+        if rows:
+            label = metrics[key].label.rstrip(" ↓↑") if key in metrics else key
+            tables += [f"{label} gap closed:", "",
+                       markdown_table(["model", *columns, "first → last"], rows), ""]
+    if not tables:
+        return []
+    return ["*The gap fractions under each reference budget* (the same students' setting, from the ledger): a "
+            "variant's fraction *moves* when the first and the last budget with a resolved gap differ by more than "
+            "the larger of their per-seed stds. That compares fractions, whose per-seed stds are small; it is not "
+            "one of the verdicts above, which compare raw values. In parentheses, fractions of a gap that was within "
+            "the spread (left out of the comparison).", "", *tables]
 
 
 def _setup_lines(summary: dict[str, Any], results: dict[str, Any], recipe: RecoveryRecipe) -> list[str]:
