@@ -203,6 +203,25 @@ def _setting(entry: dict[str, Any]) -> tuple[str, ...]:
     return (*(str(entry.get(k)) for k in keys), str((entry.get("reference") or {}).get("tokens")))
 
 
+# Overrides that choose where a study runs or which reference it is anchored on, not how its students train.
+ANCHOR_OVERRIDES = ("output_dir=", "recovery.reference_overrides=")
+# Ledger fields two attempts share when their references are compared for flatness (the held-out text they are
+# measured on, and the students they anchor) ...
+REFERENCE_FIELDS = ("group_depth", "tokens_per_run", "held_out")
+# ... and when their students' gap fractions are compared across references (the same students, trained the same way).
+STUDENT_FIELDS = (*REFERENCE_FIELDS, "kind", "seeds", "overrides")
+
+
+def _same(a: dict[str, Any], b: dict[str, Any], fields: Sequence[str]) -> bool:
+    """Whether two ledger entries agree on ``fields`` (``overrides`` compared without :data:`ANCHOR_OVERRIDES`)."""
+    def value(entry: dict[str, Any], k: str) -> str:
+        if k == "overrides":
+            return str([o for o in entry.get(k) or [] if not o.startswith(ANCHOR_OVERRIDES)])
+        return str(entry.get(k))
+
+    return all(value(a, k) == value(b, k) for k in fields)
+
+
 def reference_flat(record: dict[str, Any] | None, attempts: Sequence[dict[str, Any]], mlm_gap: float | None,
                    within: float) -> dict[str, Any]:
     """Whether the reference's held-out losses have flattened: the held-out MLM (the study's held-out text) of this
@@ -217,8 +236,7 @@ def reference_flat(record: dict[str, Any] | None, attempts: Sequence[dict[str, A
     ref = (record or {}).get("reference") or {}
     if ref.get("held_out_mlm") is None or mlm_gap is None:
         return {"flat": None, "reason": "no gap yet"}
-    same = ("group_depth", "tokens_per_run", "held_out")
-    smaller = [(a.get("reference") or {}) for a in attempts if all(str(a.get(k)) == str(record.get(k)) for k in same)]
+    smaller = [(a.get("reference") or {}) for a in attempts if _same(a, record, REFERENCE_FIELDS)]
     smaller = [r for r in smaller if r.get("held_out_mlm") is not None and r["tokens"] < ref["tokens"]]
     if not smaller:
         return {"flat": None, "reason": "no smaller reference budget recorded for this setting"}
@@ -226,16 +244,6 @@ def reference_flat(record: dict[str, Any] | None, attempts: Sequence[dict[str, A
     gain, allowed = prev["held_out_mlm"] - ref["held_out_mlm"], within * abs(mlm_gap)
     return {"flat": bool(gain <= allowed), "gain": gain, "allowed": allowed, "within": within,
             "previous": {k: prev.get(k) for k in ("steps", "tokens", "held_out_mlm")}}
-
-
-# Overrides that choose where a study runs or which reference it is anchored on, not how its students train.
-ANCHOR_OVERRIDES = ("output_dir=", "recovery.reference_overrides=")
-
-
-def _students_setting(entry: dict[str, Any]) -> tuple[str, ...]:
-    keys = ("kind", "group_depth", "tokens_per_run", "seeds", "held_out")
-    overrides = [o for o in entry.get("overrides") or [] if not o.startswith(ANCHOR_OVERRIDES)]
-    return (*(str(entry.get(k)) for k in keys), str(overrides))
 
 
 def reference_sensitivity(record: dict[str, Any] | None, attempts: Sequence[dict[str, Any]],
@@ -262,7 +270,7 @@ def reference_sensitivity(record: dict[str, Any] | None, attempts: Sequence[dict
     by_tokens: dict[int, dict[str, Any]] = {}
     for a in attempts:
         ref = a.get("reference") or {}
-        if (record is not None and _students_setting(a) == _students_setting(record) and a.get("gap_fractions")
+        if (record is not None and _same(a, record, STUDENT_FIELDS) and a.get("gap_fractions")
                 and ref.get("tokens") is not None):
             by_tokens[ref["tokens"]] = a
     studies = [by_tokens[t] for t in sorted(by_tokens)]
